@@ -1,0 +1,1 @@
+"""Orchestration: the `mlpl` command line, configs, presets, runtime."""

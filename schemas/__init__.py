@@ -1,0 +1,1 @@
+"""On-disk contracts between the stages: prepared dataset, pseudo-label store, run folder."""

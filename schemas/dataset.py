@@ -1,0 +1,395 @@
+"""The prepared-dataset contract: `dataset.json`, `labels.parquet`, `observations/`, `shards/`.
+
+Row order: the rows of each split are contiguous (train, then val, then test), each split in the
+source's own order. A split therefore starts a new shard, so every shard covers a contiguous row
+range and the pseudo-label store (which covers the train split) can be chunked by whole shards.
+`source_index` keeps the position of a row in its source split file (the official train split is
+`train` ∪ `val`), which is the order the observation regimes of SPEC.md 1.2–1.4 are drawn in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.errors import InputError
+from schemas.labels import SPLITS, Observed
+
+DATASET_SCHEMA = "mlpl.dataset"
+DATASET_SCHEMA_VERSION = 1
+SHARDS_SCHEMA_VERSION = 1
+OBSERVATIONS_SCHEMA_VERSION = 1
+
+DATASET_JSON = "dataset.json"
+LABELS_PARQUET = "labels.parquet"
+OBSERVATIONS_DIR = "observations"
+SHARDS_DIR = "shards"
+SHARDS_INFO = "_info.json"
+
+LABELS_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("source_index", pa.int64()),
+        ("labels", pa.list_(pa.int16())),
+        ("shard", pa.int32()),
+    ]
+)
+OBSERVATIONS_SCHEMA = pa.schema(
+    [("row", pa.int64()), ("positives", pa.list_(pa.int16())), ("negatives", pa.list_(pa.int16()))]
+)
+
+
+def row_key(row: int) -> str:
+    """WebDataset sample key of a row: zero-padded, no dots."""
+    return f"{row:09d}"
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """Contents of `dataset.json`."""
+
+    name: str
+    classes: tuple[str, ...]
+    splits: dict[str, int]
+    fingerprint: str
+    image_ext: str
+    rows_per_shard: int
+    regimes: tuple[str, ...] = ()
+    source: dict[str, Any] = field(default_factory=dict)
+    schema: str = DATASET_SCHEMA
+    version: int = DATASET_SCHEMA_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.splits.values())
+
+    def split_range(self, split: str) -> tuple[int, int]:
+        """[start, stop) rows of a split (splits are contiguous, in SPLITS order)."""
+        start = 0
+        for name in SPLITS:
+            if name == split:
+                return start, start + self.splits.get(name, 0)
+            start += self.splits.get(name, 0)
+        raise InputError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        d["regimes"] = list(self.regimes)
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, path: Path) -> DatasetMeta:
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path}: not found; expected a prepared dataset (run `mlpl prepare`)") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from None
+        if d.get("schema") != DATASET_SCHEMA:
+            raise InputError(f"{path}: schema is {d.get('schema')!r}, expected {DATASET_SCHEMA!r}")
+        if d.get("version") != DATASET_SCHEMA_VERSION:
+            raise InputError(
+                f"{path}: dataset schema version {d.get('version')}, this mlpl reads version "
+                f"{DATASET_SCHEMA_VERSION}; prepare the dataset again"
+            )
+        try:
+            d["classes"] = tuple(d["classes"])
+            d["regimes"] = tuple(d.get("regimes", ()))
+            return cls(**d)
+        except (TypeError, KeyError) as e:
+            raise InputError(f"{path}: malformed dataset.json ({e})") from None
+
+
+@dataclass(frozen=True)
+class LabelsTable:
+    """`labels.parquet` as arrays. `labels[i]` is an int16 array of class indices of row i."""
+
+    row: np.ndarray
+    key: list[str]
+    split: np.ndarray
+    source_index: np.ndarray
+    labels: list[np.ndarray]
+    shard: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def matrix(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Full labels as a uint8 [n, C] matrix (1 = present)."""
+        idx = np.arange(len(self.row)) if rows is None else np.asarray(rows)
+        out = np.zeros((len(idx), len(self.classes)), dtype=np.uint8)
+        for i, r in enumerate(idx):
+            out[i, self.labels[r]] = 1
+        return out
+
+    def rows_of(self, split: str) -> np.ndarray:
+        return self.row[self.split == split]
+
+
+def dataset_fingerprint(rows: Sequence[int], keys: Sequence[str], splits: Sequence[str]) -> str:
+    """Hash of the row → (key, split) table; the store records it to refuse a mismatched dataset."""
+    h = hashlib.sha256()
+    for r, k, s in zip(rows, keys, splits):
+        h.update(f"{int(r)}\t{k}\t{s}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def write_labels(path: Path, table: LabelsTable) -> None:
+    arrays = [
+        pa.array(np.asarray(table.row, dtype=np.int64)),
+        pa.array(list(table.key), type=pa.string()),
+        pa.array([str(s) for s in table.split], type=pa.string()),
+        pa.array(np.asarray(table.source_index, dtype=np.int64)),
+        pa.array([np.asarray(x, dtype=np.int16) for x in table.labels], type=pa.list_(pa.int16())),
+        pa.array(np.asarray(table.shard, dtype=np.int32)),
+    ]
+    meta = {b"mlpl.classes": json.dumps(list(table.classes)).encode(), b"mlpl.version": b"1"}
+    pq.write_table(pa.Table.from_arrays(arrays, schema=LABELS_SCHEMA.with_metadata(meta)), path)
+
+
+def read_labels(path: Path) -> LabelsTable:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: not found; expected labels.parquet of a prepared dataset")
+    t = pq.read_table(path)
+    missing = [f.name for f in LABELS_SCHEMA if f.name not in t.schema.names]
+    if missing:
+        raise InputError(f"{path}: missing columns {missing}; expected {LABELS_SCHEMA.names}")
+    meta = t.schema.metadata or {}
+    if b"mlpl.classes" not in meta:
+        raise InputError(f"{path}: no class names in the schema metadata (key 'mlpl.classes')")
+    flat = t.column("labels").combine_chunks()
+    offsets = flat.offsets.to_numpy()
+    values = flat.values.to_numpy(zero_copy_only=False).astype(np.int16)
+    labels = [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+    return LabelsTable(
+        row=t.column("row").to_numpy(),
+        key=t.column("key").to_pylist(),
+        split=np.asarray(t.column("split").to_pylist()),
+        source_index=t.column("source_index").to_numpy(),
+        labels=labels,
+        shard=t.column("shard").to_numpy(),
+        classes=tuple(json.loads(meta[b"mlpl.classes"])),
+    )
+
+
+@dataclass(frozen=True)
+class Observations:
+    """An observation regime over the train rows: per row, the observed positive and negative classes."""
+
+    regime: str
+    params: dict[str, Any]
+    row: np.ndarray
+    positives: list[np.ndarray]
+    negatives: list[np.ndarray]
+
+    def matrix(self, num_classes: int) -> np.ndarray:
+        """Observed labels as an int8 [n, C] matrix of `Observed` values, in `self.row` order."""
+        out = np.full((len(self.row), num_classes), int(Observed.UNKNOWN), dtype=np.int8)
+        for i, (p, n) in enumerate(zip(self.positives, self.negatives)):
+            out[i, n] = int(Observed.NEGATIVE)
+            out[i, p] = int(Observed.POSITIVE)
+        return out
+
+    @classmethod
+    def from_matrix(cls, regime: str, params: dict[str, Any], rows: np.ndarray, obs: np.ndarray) -> Observations:
+        pos = [np.flatnonzero(r == Observed.POSITIVE).astype(np.int16) for r in obs]
+        neg = [np.flatnonzero(r == Observed.NEGATIVE).astype(np.int16) for r in obs]
+        return cls(regime, dict(params), np.asarray(rows, dtype=np.int64), pos, neg)
+
+
+def observations_path(root: Path, regime: str) -> Path:
+    return Path(root) / OBSERVATIONS_DIR / f"{regime}.parquet"
+
+
+def write_observations(root: Path, obs: Observations) -> Path:
+    path = observations_path(root, obs.regime)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = [
+        pa.array(np.asarray(obs.row, dtype=np.int64)),
+        pa.array([np.asarray(x, dtype=np.int16) for x in obs.positives], type=pa.list_(pa.int16())),
+        pa.array([np.asarray(x, dtype=np.int16) for x in obs.negatives], type=pa.list_(pa.int16())),
+    ]
+    meta = {
+        b"mlpl.regime": obs.regime.encode(),
+        b"mlpl.params": json.dumps(obs.params, sort_keys=True).encode(),
+        b"mlpl.version": str(OBSERVATIONS_SCHEMA_VERSION).encode(),
+    }
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(pa.Table.from_arrays(arrays, schema=OBSERVATIONS_SCHEMA.with_metadata(meta)), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _list_column(col: pa.ChunkedArray) -> list[np.ndarray]:
+    flat = col.combine_chunks()
+    offsets = flat.offsets.to_numpy()
+    values = flat.values.to_numpy(zero_copy_only=False).astype(np.int16)
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def list_regimes(root: Path) -> list[str]:
+    d = Path(root) / OBSERVATIONS_DIR
+    return sorted(p.stem for p in d.glob("*.parquet")) if d.is_dir() else []
+
+
+def read_observations(root: Path, regime: str) -> Observations:
+    path = observations_path(root, regime)
+    if not path.exists():
+        raise InputError(
+            f"{path}: no observation regime {regime!r} in this dataset; available: {list_regimes(root)} "
+            f"(add one with `mlpl observe {root} --regime ...`)"
+        )
+    t = pq.read_table(path)
+    meta = t.schema.metadata or {}
+    return Observations(
+        regime=meta.get(b"mlpl.regime", regime.encode()).decode(),
+        params=json.loads(meta.get(b"mlpl.params", b"{}")),
+        row=t.column("row").to_numpy(),
+        positives=_list_column(t.column("positives")),
+        negatives=_list_column(t.column("negatives")),
+    )
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    split: str
+    first_row: int
+    num_samples: int
+
+
+def write_shards_info(root: Path, entries: Sequence[ShardEntry], rows_per_shard: int) -> None:
+    info = {
+        "version": SHARDS_SCHEMA_VERSION,
+        "rows_per_shard": rows_per_shard,
+        "shards": [asdict(e) for e in entries],
+        "total_samples": int(sum(e.num_samples for e in entries)),
+    }
+    (Path(root) / SHARDS_DIR / SHARDS_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_shards_info(root: Path) -> list[ShardEntry]:
+    path = Path(root) / SHARDS_DIR / SHARDS_INFO
+    if not path.exists():
+        raise InputError(f"{path}: not found; expected the shard index of a prepared dataset")
+    info = json.loads(path.read_text())
+    return [ShardEntry(**e) for e in info["shards"]]
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared dataset folder, opened and checked."""
+
+    root: Path
+    meta: DatasetMeta
+    labels: LabelsTable
+    shards: list[ShardEntry]
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.root / SHARDS_DIR / s.name for s in self.shards if s.split == split]
+
+    def shards_of(self, split: str) -> list[ShardEntry]:
+        return [s for s in self.shards if s.split == split]
+
+    def observations(self, regime: str) -> Observations:
+        return read_observations(self.root, regime)
+
+
+def open_dataset(root: Path) -> PreparedDataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder; expected a prepared dataset (run `mlpl prepare`)")
+    meta = DatasetMeta.from_json(root / DATASET_JSON)
+    labels = read_labels(root / LABELS_PARQUET)
+    return PreparedDataset(root, meta, labels, read_shards_info(root))
+
+
+def validate(root: Path) -> PreparedDataset:
+    """Check every part of a prepared dataset against the contract; raise InputError naming the problem."""
+    ds = open_dataset(root)
+    meta, lab = ds.meta, ds.labels
+    n = len(lab)
+    if not np.array_equal(lab.row, np.arange(n)):
+        raise InputError(f"{root / LABELS_PARQUET}: rows must be dense 0..N-1 in order")
+    if lab.classes != meta.classes:
+        raise InputError(f"{root}: classes in labels.parquet differ from dataset.json")
+    for s in set(lab.split.tolist()) - set(SPLITS):
+        raise InputError(f"{root / LABELS_PARQUET}: unknown split {s!r}; expected {list(SPLITS)}")
+    for name in SPLITS:
+        start, stop = meta.split_range(name)
+        got = int((lab.split == name).sum())
+        if got != meta.splits.get(name, 0) or not np.all(lab.split[start:stop] == name):
+            raise InputError(f"{root}: split {name!r} must be {meta.splits.get(name, 0)} contiguous rows, found {got}")
+    C = meta.num_classes
+    for i, lbl in enumerate(lab.labels):
+        if len(lbl) and (lbl.min() < 0 or lbl.max() >= C or len(np.unique(lbl)) != len(lbl)):
+            raise InputError(f"{root / LABELS_PARQUET}: row {i} has labels {lbl.tolist()}; expected distinct ints in [0, {C})")
+    fp = dataset_fingerprint(lab.row, lab.key, lab.split)
+    if fp != meta.fingerprint:
+        raise InputError(f"{root}: fingerprint {meta.fingerprint} in dataset.json, computed {fp}")
+    covered = 0
+    for idx, s in enumerate(ds.shards):
+        path = root / SHARDS_DIR / s.name
+        if not path.exists():
+            raise InputError(f"{path}: shard listed in _info.json is missing")
+        rows = lab.row[s.first_row : s.first_row + s.num_samples]
+        if s.first_row != covered or not np.all(lab.shard[rows] == idx) or not np.all(lab.split[rows] == s.split):
+            raise InputError(f"{path}: rows {s.first_row}..+{s.num_samples} do not match labels.parquet")
+        if s.num_samples > meta.rows_per_shard:
+            raise InputError(f"{path}: {s.num_samples} samples exceed rows_per_shard={meta.rows_per_shard}")
+        covered += s.num_samples
+    if covered != n:
+        raise InputError(f"{root / SHARDS_DIR / SHARDS_INFO}: shards cover {covered} rows, dataset has {n}")
+    train_rows = lab.rows_of("train")
+    for regime in list_regimes(root):
+        obs = read_observations(root, regime)
+        if not np.array_equal(np.sort(obs.row), train_rows):
+            raise InputError(f"{observations_path(root, regime)}: rows must be exactly the train split")
+        for p, q in zip(obs.positives, obs.negatives):
+            if len(np.intersect1d(p, q)):
+                raise InputError(f"{observations_path(root, regime)}: a class is both observed positive and negative")
+    return ds
+
+
+@contextmanager
+def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; rename it to `out` only if the block succeeds."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists; choose another --out or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)

@@ -1,0 +1,94 @@
+"""The run-folder contract: `config.toml`, `metrics.jsonl`, `best.safetensors`, `last.pt`, `summary.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import InputError
+
+RUN_SCHEMA = "mlpl.run"
+RUN_SCHEMA_VERSION = 1
+
+CONFIG_TOML = "config.toml"
+METRICS_JSONL = "metrics.jsonl"
+BEST_WEIGHTS = "best.safetensors"
+LAST_STATE = "last.pt"
+SUMMARY_JSON = "summary.json"
+
+METRIC_KEYS = ("map", "cf1", "of1", "macro_f1", "hamming")
+
+
+@dataclass(frozen=True)
+class SplitMetrics:
+    map: float
+    cf1: float
+    of1: float
+    macro_f1: float
+    hamming: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    method: str
+    dataset: str
+    regime: str
+    seed: int
+    best_epoch: int
+    val: SplitMetrics
+    test: SplitMetrics | None
+    epochs_run: int = 0
+    pseudo_quality: dict[str, float] = field(default_factory=dict)
+    schema: str = RUN_SCHEMA
+    version: int = RUN_SCHEMA_VERSION
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_summary(run_dir: Path, summary: RunSummary) -> None:
+    write_json_atomic(Path(run_dir) / SUMMARY_JSON, asdict(summary))
+
+
+def read_summary(run_dir: Path) -> RunSummary:
+    path = Path(run_dir) / SUMMARY_JSON
+    if not path.exists():
+        raise InputError(f"{path}: not found; expected a finished run folder (run `mlpl train`)")
+    d = json.loads(path.read_text())
+    if d.get("schema") != RUN_SCHEMA or d.get("version") != RUN_SCHEMA_VERSION:
+        raise InputError(f"{path}: not an mlpl run summary of version {RUN_SCHEMA_VERSION}")
+    d["val"] = SplitMetrics(**d["val"])
+    d["test"] = SplitMetrics(**d["test"]) if d.get("test") else None
+    return RunSummary(**d)
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """One line per epoch and split: {"epoch", "split", metric...}."""
+    with open(Path(run_dir) / METRICS_JSONL, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_JSONL
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def validate(run_dir: Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    for name in (CONFIG_TOML, METRICS_JSONL, SUMMARY_JSON):
+        if not (run_dir / name).exists():
+            raise InputError(f"{run_dir / name}: missing from the run folder")
+    summary = read_summary(run_dir)
+    for key in METRIC_KEYS:
+        if not isinstance(getattr(summary.val, key), float | int):
+            raise InputError(f"{run_dir / SUMMARY_JSON}: val.{key} is not a number")
+    return summary

@@ -1,0 +1,194 @@
+"""The pseudo-label store contract: a Zarr v3 group of cached teacher similarities (stage one → stage two).
+
+Arrays: `sims` float16 [S, N, V, C] raw cosines (S augment seeds, N = rows of the train split,
+V = 1 + g² views: global first, then tiles row-major), chunked by (1, rows_per_chunk, V, C) so one
+chunk is one dataset shard; `text_emb` float32 [C, D]; `done` uint8 [S, n_chunks] completion marks
+(one element per chunk, so ranks never write the same chunk); optional `img_emb` float16 [S, N, V, D].
+A row whose image could not be decoded holds NaN and is listed in the attribute `corrupt_rows`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.errors import InputError
+
+STORE_SCHEMA = "mlpl.store"
+STORE_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoreAttrs:
+    """Everything that changes the teacher's input or output (stage-one parameters)."""
+
+    dataset_fingerprint: str
+    dataset_name: str
+    classes: tuple[str, ...]
+    num_rows: int
+    rows_per_chunk: int
+    seeds: tuple[int, ...]
+    teacher: dict[str, Any]
+    views: dict[str, Any]
+    embed_dim: int
+    keep_embeddings: bool = False
+    schema: str = STORE_SCHEMA
+    version: int = STORE_SCHEMA_VERSION
+
+    @property
+    def num_views(self) -> int:
+        return 1 + int(self.views["grid"]) ** 2
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_rows // self.rows_per_chunk)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "store") -> StoreAttrs:
+        if d.get("schema") != STORE_SCHEMA:
+            raise InputError(f"{where}: not an mlpl pseudo-label store (schema {d.get('schema')!r})")
+        if d.get("version") != STORE_SCHEMA_VERSION:
+            raise InputError(
+                f"{where}: store schema version {d.get('version')}, this mlpl reads {STORE_SCHEMA_VERSION}; "
+                "rebuild it with `mlpl precompute-clip`"
+            )
+        known = set(cls.__dataclass_fields__)
+        try:
+            kw = {k: v for k, v in d.items() if k in known}
+            kw["classes"] = tuple(kw["classes"])
+            kw["seeds"] = tuple(kw["seeds"])
+            return cls(**kw)
+        except (KeyError, TypeError) as e:
+            raise InputError(f"{where}: malformed store attributes ({e})") from None
+
+
+@dataclass
+class Store:
+    """An opened store. `corrupt_rows` is read from the attributes when opened."""
+
+    path: Path
+    attrs: StoreAttrs
+    group: Any
+    corrupt_rows: list[int] = field(default_factory=list)
+
+    @property
+    def sims(self) -> Any:
+        return self.group["sims"]
+
+    @property
+    def done(self) -> Any:
+        return self.group["done"]
+
+    def text_emb(self) -> np.ndarray:
+        return np.asarray(self.group["text_emb"][...])
+
+    def done_matrix(self) -> np.ndarray:
+        return np.asarray(self.done[...]).astype(bool)
+
+    def is_complete(self) -> bool:
+        return bool(self.done_matrix().all())
+
+    def chunk_rows(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.attrs.rows_per_chunk
+        return start, min(start + self.attrs.rows_per_chunk, self.attrs.num_rows)
+
+    def read_chunk(self, seed_index: int, chunk: int) -> np.ndarray:
+        """Similarities of one whole chunk: float16 [rows, V, C] (one Zarr chunk read)."""
+        start, stop = self.chunk_rows(chunk)
+        return np.asarray(self.sims[seed_index, start:stop])
+
+    def mark_corrupt(self, rows: list[int]) -> None:
+        """Record rows whose image could not be decoded (kept sorted and unique)."""
+        merged = sorted(set(self.corrupt_rows) | {int(r) for r in rows})
+        if merged != self.corrupt_rows:
+            self.corrupt_rows = merged
+            self.group.attrs["corrupt_rows"] = merged
+
+
+def create_store(path: Path, attrs: StoreAttrs, text_emb: np.ndarray) -> Store:
+    """Create an empty store (all NaN, nothing done). Fails if `path` exists."""
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        raise InputError(f"{path}: already exists; pass the same options to resume, or choose another --out")
+    C, V, S, N = len(attrs.classes), attrs.num_views, len(attrs.seeds), attrs.num_rows
+    if text_emb.shape != (C, attrs.embed_dim):
+        raise ValueError(f"text_emb shape {text_emb.shape}, expected {(C, attrs.embed_dim)}")
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.create_array(
+        "sims", shape=(S, N, V, C), chunks=(1, attrs.rows_per_chunk, V, C), dtype="float16", fill_value=np.nan
+    )
+    group.create_array("done", shape=(S, attrs.num_chunks), chunks=(1, 1), dtype="uint8", fill_value=0)
+    te = group.create_array("text_emb", shape=text_emb.shape, chunks=text_emb.shape, dtype="float32")
+    te[...] = text_emb.astype(np.float32)
+    if attrs.keep_embeddings:
+        group.create_array(
+            "img_emb",
+            shape=(S, N, V, attrs.embed_dim),
+            chunks=(1, attrs.rows_per_chunk, V, attrs.embed_dim),
+            dtype="float16",
+            fill_value=np.nan,
+        )
+    group.attrs.update({"mlpl": attrs.to_dict(), "corrupt_rows": []})
+    return Store(path, attrs, group, [])
+
+
+def open_store(path: Path, mode: str = "r") -> Store:
+    import zarr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise InputError(f"{path}: not a pseudo-label store (no zarr.json); build one with `mlpl precompute-clip`")
+    group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    attrs = StoreAttrs.from_dict(dict(group.attrs.get("mlpl", {})), where=str(path))
+    return Store(path, attrs, group, list(group.attrs.get("corrupt_rows", [])))
+
+
+def check_matches_dataset(store: Store, fingerprint: str, classes: tuple[str, ...], num_train_rows: int) -> None:
+    """Refuse a store built for another dataset, naming the mismatch and how to rebuild."""
+    a = store.attrs
+    fix = f"rebuild it with `mlpl precompute-clip --dataset <this dataset> --out {store.path}`"
+    if a.dataset_fingerprint != fingerprint:
+        raise InputError(
+            f"{store.path}: store was built for dataset {a.dataset_name!r} with fingerprint "
+            f"{a.dataset_fingerprint}, this dataset has {fingerprint}; {fix}"
+        )
+    if tuple(a.classes) != tuple(classes):
+        raise InputError(f"{store.path}: store classes ({len(a.classes)}) differ from the dataset's ({len(classes)}); {fix}")
+    if a.num_rows != num_train_rows:
+        raise InputError(f"{store.path}: store has {a.num_rows} rows, the train split has {num_train_rows}; {fix}")
+
+
+def validate(path: Path) -> Store:
+    store = open_store(path)
+    a = store.attrs
+    shape = (len(a.seeds), a.num_rows, a.num_views, len(a.classes))
+    if tuple(store.sims.shape) != shape:
+        raise InputError(f"{path}: sims shape {tuple(store.sims.shape)}, attributes say {shape}")
+    if tuple(store.done.shape) != (len(a.seeds), a.num_chunks):
+        raise InputError(f"{path}: done shape {tuple(store.done.shape)}, expected {(len(a.seeds), a.num_chunks)}")
+    return store
+
+
+def describe(store: Store) -> dict[str, Any]:
+    """A JSON-able summary for `mlpl inspect`."""
+    done = store.done_matrix()
+    size = sum(p.stat().st_size for p in Path(store.path).rglob("*") if p.is_file())
+    return {
+        "path": str(store.path),
+        "attributes": json.loads(json.dumps(store.attrs.to_dict())),
+        "completion": {"done_tasks": int(done.sum()), "total_tasks": int(done.size)},
+        "corrupt_rows": len(store.corrupt_rows),
+        "size_bytes": size,
+    }

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, pseudo-label quality, reports and plots."""

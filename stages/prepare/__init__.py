@@ -1,0 +1,1 @@
+"""Stage `prepare`: source layouts (digits, COCO, VOC, NUS-WIDE, CUB) → prepared datasets, plus observation regimes."""

@@ -1,0 +1,202 @@
+"""Write a prepared dataset: rows, validation hold-out, WebDataset shards, labels and dataset.json.
+
+Every converter turns its source layout into a list of `SourceImage` (small metadata, image bytes read
+lazily) and hands it to `write_prepared`, which owns the row order, the validation split (SPEC.md 1.3),
+the shards and the atomic rename. Shards are plain tar files with fixed metadata (mtime 0, uid 0) so
+that the same input gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tarfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.dataset import (
+    DATASET_JSON,
+    LABELS_PARQUET,
+    SHARDS_DIR,
+    DatasetMeta,
+    LabelsTable,
+    ShardEntry,
+    atomic_folder,
+    dataset_fingerprint,
+    row_key,
+    shard_name,
+    write_labels,
+    write_shards_info,
+)
+from schemas.errors import InputError
+from schemas.labels import SPLITS
+
+log = logging.getLogger(__name__)
+
+VAL_FRACTION = 0.2
+VAL_SEED = 1200
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One image of a source dataset. `read()` returns the original encoded bytes (never re-encoded)."""
+
+    key: str
+    labels: np.ndarray
+    ext: str
+    read: Callable[[], bytes]
+    origin: str = ""  # file path (or other locator) named in errors
+
+
+@dataclass
+class PrepareReport:
+    """What `write_prepared` did, for the CLI and benchmarks."""
+
+    out: Path
+    splits: dict[str, int]
+    skipped: list[str] = field(default_factory=list)
+
+
+def validation_split(n: int, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC.md 1.3: indices (into the official train split) of train and val, each sorted."""
+    n_val = int(round(fraction * n))
+    perm = np.random.RandomState(seed).permutation(n)
+    return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val :])
+
+
+def _check_image(item: SourceImage) -> tuple[bytes | None, str | None]:
+    """Read and verify one image; return (bytes, None) or (None, reason)."""
+    from PIL import Image
+
+    try:
+        data = item.read()
+    except OSError as e:
+        return None, f"cannot read ({e.__class__.__name__}: {e})"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()
+    except Exception as e:  # PIL raises many types for corrupt data
+        return None, f"not a decodable image ({e.__class__.__name__}: {e})"
+    return data, None
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_prepared(
+    out: Path,
+    *,
+    name: str,
+    classes: Sequence[str],
+    train: Sequence[SourceImage],
+    test: Sequence[SourceImage],
+    source: dict[str, Any],
+    rows_per_shard: int = 1000,
+    skip_corrupt: bool = False,
+    overwrite: bool = False,
+    workers: int = 0,
+    after_write: Callable[[Path, DatasetMeta, LabelsTable], None] | None = None,
+) -> PrepareReport:
+    """Write the prepared dataset to `out` (atomically). `train`/`test` are the source's official splits.
+
+    An unreadable image is an error naming it, unless `skip_corrupt`, which drops it (before the
+    validation split is drawn) and lists it in `dataset.json`. `after_write` runs inside the temporary
+    folder before the rename (observation regimes are written there).
+    """
+    if rows_per_shard < 1:
+        raise InputError(f"--rows-per-shard must be ≥ 1, got {rows_per_shard}")
+    classes = tuple(classes)
+    report = PrepareReport(Path(out), {})
+    workers = workers or min(8, (__import__("os").cpu_count() or 1) * 2)
+    with atomic_folder(Path(out), overwrite=overwrite) as tmp:
+        (tmp / SHARDS_DIR).mkdir()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            train = _drop_corrupt(train, pool, skip_corrupt, report) if skip_corrupt else list(train)
+            test = _drop_corrupt(test, pool, skip_corrupt, report) if skip_corrupt else list(test)
+            tr_idx, va_idx = validation_split(len(train))
+            ordered: list[tuple[str, int, SourceImage]] = (
+                [("train", int(i), train[i]) for i in tr_idx]
+                + [("val", int(i), train[i]) for i in va_idx]
+                + [("test", i, item) for i, item in enumerate(test)]
+            )
+            rows, keys, splits, src_idx, labels, shard_of = [], [], [], [], [], []
+            entries: list[ShardEntry] = []
+            for split in SPLITS:
+                part = [(i, item) for s, i, item in ordered if s == split]
+                for start in range(0, len(part), rows_per_shard):
+                    chunk = part[start : start + rows_per_shard]
+                    first_row = len(rows)
+                    entry = ShardEntry(shard_name(split, len(entries)), split, first_row, len(chunk))
+                    results = pool.map(_check_image, [item for _, item in chunk])
+                    with tarfile.open(tmp / SHARDS_DIR / entry.name, "w", format=tarfile.USTAR_FORMAT) as tar:
+                        for (i, item), (data, err) in zip(chunk, results):
+                            if data is None:
+                                raise InputError(f"{item.origin or item.key}: {err}; expected a readable image "
+                                                 "(pass --skip-corrupt to drop such images)")
+                            row = len(rows)
+                            _add_member(tar, f"{row_key(row)}.{item.ext}", data)
+                            _add_member(tar, f"{row_key(row)}.row", str(row).encode())
+                            rows.append(row)
+                            keys.append(item.key)
+                            splits.append(split)
+                            src_idx.append(i)
+                            labels.append(np.asarray(item.labels, dtype=np.int16))
+                            shard_of.append(len(entries))
+                    entries.append(entry)
+            exts = sorted({item.ext for _, _, item in ordered})
+            table = LabelsTable(
+                row=np.asarray(rows, dtype=np.int64),
+                key=keys,
+                split=np.asarray(splits),
+                source_index=np.asarray(src_idx, dtype=np.int64),
+                labels=labels,
+                shard=np.asarray(shard_of, dtype=np.int32),
+                classes=classes,
+            )
+        write_labels(tmp / LABELS_PARQUET, table)
+        write_shards_info(tmp, entries, rows_per_shard)
+        report.splits = {s: int((table.split == s).sum()) for s in SPLITS}
+        src = dict(source)
+        if report.skipped:
+            src["skipped_corrupt"] = report.skipped
+        meta = DatasetMeta(
+            name=name,
+            classes=classes,
+            splits=report.splits,
+            fingerprint=dataset_fingerprint(table.row, table.key, table.split),
+            image_ext=exts[0] if len(exts) == 1 else "mixed",
+            rows_per_shard=rows_per_shard,
+            source=src,
+        )
+        if after_write is not None:
+            after_write(tmp, meta, table)
+            from schemas.dataset import list_regimes
+
+            meta = DatasetMeta(**{**meta.__dict__, "regimes": tuple(list_regimes(tmp))})
+        (tmp / DATASET_JSON).write_text(meta.to_json())
+    return report
+
+
+def _drop_corrupt(
+    items: Sequence[SourceImage], pool: ThreadPoolExecutor, skip: bool, report: PrepareReport
+) -> list[SourceImage]:
+    kept = []
+    for item, (data, err) in zip(items, pool.map(_check_image, items)):
+        if data is None:
+            log.warning("skipping %s: %s", item.origin or item.key, err)
+            report.skipped.append(item.origin or item.key)
+        else:
+            kept.append(item)
+    return kept

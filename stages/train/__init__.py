@@ -1,0 +1,1 @@
+"""Stage two: stream ⨝ store, pseudo-labellers, losses, backbones, the training loop."""
