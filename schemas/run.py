@@ -92,3 +92,24 @@ def validate(run_dir: Path) -> RunSummary:
         if not isinstance(getattr(summary.val, key), float | int):
             raise InputError(f"{run_dir / SUMMARY_JSON}: val.{key} is not a number")
     return summary
+
+
+def dump_toml(d: dict[str, Any]) -> str:
+    """A tiny TOML writer for flat configs with one level of tables (enough for `TrainCfg`)."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if v is not None and not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""Typed training configuration and method presets (TOML files shipped in `pipeline/presets/`).
+
+Resolution order, later wins: `_defaults.toml` → its `[dataset.<family>]` table → the method's preset →
+its `[dataset.<family>]` table → a user `--preset FILE` → CLI options. The result is a frozen
+`TrainCfg`; an unknown key or a wrong type fails, naming the key and the file it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import InputError
+from stages.train.config import EARLY_STOP_RULES, TrainCfg
+
+# Which hyperparameter family of SPEC.md a prepared dataset's name belongs to.
+DATASET_FAMILIES = {"voc2007": "voc", "voc2012": "voc", "voc": "voc", "coco": "coco", "coco2014": "coco",
+                    "nus": "nus", "cub": "cub", "digits": "digits"}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainCfg)}
+_PRESET_KEYS = set(_FIELDS) - {"method", "dataset", "out", "family"}
+
+
+def _check_types(d: dict[str, Any], where: str) -> None:
+    for k, v in d.items():
+        if k not in _FIELDS:
+            raise InputError(f"{where}: unknown key {k!r}; known keys: {sorted(_PRESET_KEYS)}")
+        ftype = str(_FIELDS[k].type)
+        ok = {
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, int | float) and not isinstance(v, bool),
+            "bool": isinstance(v, bool),
+            "str": isinstance(v, str),
+            "dict[str, Any]": isinstance(v, dict),
+            "str | None": v is None or isinstance(v, str),
+        }.get(ftype, True)
+        if not ok:
+            raise InputError(f"{where}: key {k!r} must be {ftype}, got {v!r}")
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any], where: str) -> dict[str, Any]:
+    layer = {k: v for k, v in layer.items() if k != "dataset"}
+    _check_types(layer, where)
+    out = dict(base)
+    for k, v in layer.items():
+        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
+    return out
+
+
+def list_methods() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("pipeline.presets").iterdir()
+                  if p.name.endswith(".toml") and not p.name.startswith("_"))
+
+
+def read_preset(method: str) -> dict[str, Any]:
+    path = resources.files("pipeline.presets") / f"{method}.toml"
+    if not path.is_file():
+        import difflib
+
+        close = difflib.get_close_matches(method, list_methods(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"--method: unknown method {method!r}. Available: {list_methods()}{hint}")
+    return tomllib.loads(path.read_text())
+
+
+def resolve_train_cfg(
+    method: str,
+    dataset: str,
+    dataset_name: str,
+    out: str,
+    preset_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainCfg:
+    family = DATASET_FAMILIES.get(dataset_name, "coco")
+    defaults = tomllib.loads((resources.files("pipeline.presets") / "_defaults.toml").read_text())
+    preset = read_preset(method)
+    d: dict[str, Any] = {}
+    d = _merge(d, defaults, "_defaults.toml")
+    d = _merge(d, defaults.get("dataset", {}).get(family, {}), f"_defaults.toml [dataset.{family}]")
+    d = _merge(d, preset, f"{method}.toml")
+    d = _merge(d, preset.get("dataset", {}).get(family, {}), f"{method}.toml [dataset.{family}]")
+    if preset_file is not None:
+        try:
+            user = tomllib.loads(Path(preset_file).read_text())
+        except FileNotFoundError:
+            raise InputError(f"--preset: {preset_file} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InputError(f"--preset: {preset_file} is not valid TOML ({e})") from None
+        d = _merge(d, user, str(preset_file))
+        d = _merge(d, user.get("dataset", {}).get(family, {}), f"{preset_file} [dataset.{family}]")
+    d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    cfg = TrainCfg(method=method, dataset=dataset, out=out, family=family, **d)
+    if cfg.early_stop not in EARLY_STOP_RULES:
+        raise InputError(f"early_stop: {cfg.early_stop!r}; expected one of {sorted(EARLY_STOP_RULES)}")
+    if cfg.pseudo_mode not in ("dynamic", "fixed", "accumulated"):
+        raise InputError(f"--pseudo-mode: {cfg.pseudo_mode!r}; expected dynamic, fixed or accumulated")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise InputError("--epochs and --batch-size must be ≥ 1")
+    return cfg

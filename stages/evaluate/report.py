@@ -1,0 +1,90 @@
+"""Evaluate a run's best checkpoint, format result tables, and plot per-class probability distributions."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas import run as run_schema
+from schemas.dataset import open_dataset
+from schemas.errors import InputError
+
+
+def load_run_model(run: Path):
+    """(TrainCfg, model with best weights, dataset) of a run folder."""
+    from safetensors.torch import load_file
+
+    from stages.train.config import TrainCfg
+    from stages.train.models import create_classifier
+
+    cfg_path = Path(run) / run_schema.CONFIG_TOML
+    weights = Path(run) / run_schema.BEST_WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.exists():
+            raise InputError(f"{p}: missing; expected a run folder written by `mlpl train`")
+    cfg = TrainCfg(**tomllib.loads(cfg_path.read_text()))
+    ds = open_dataset(Path(cfg.dataset))
+    model, _ = create_classifier(cfg.backbone, ds.meta.num_classes, pretrained=False)
+    model.load_state_dict(load_file(str(weights)))
+    return cfg, model, ds
+
+
+def evaluate_run(run: Path, split: str, threshold: float | None = None) -> dict[str, Any]:
+    import torch
+
+    from stages.evaluate.metrics import evaluate_scores
+    from stages.train.loop import predict
+    from stages.train.stream import StreamCfg
+
+    if split not in ("val", "test"):
+        raise InputError(f"--split: {split!r}; expected val or test")
+    cfg, model, ds = load_run_model(run)
+    if not ds.meta.splits.get(split):
+        raise InputError(f"--split: dataset {ds.meta.name!r} has no {split} rows")
+    stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers)
+    _, probs, full = predict(model, ds, split, stream, torch.device("cpu"))
+    t = cfg.threshold if threshold is None else threshold
+    metrics = {k: float(v) for k, v in evaluate_scores(probs, full, threshold=t).items()}
+    return {"run": str(run), "split": split, "threshold": t, "method": cfg.method, "metrics": metrics}
+
+
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
+    """A plain-text table (also valid Markdown) of dicts; numbers with 2 decimals (hamming with 4)."""
+    columns = columns or tuple(rows[0].keys())
+
+    def fmt(k: str, v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if k.startswith("hamming") else f"{v:.2f}"
+        return str(v)
+
+    cells = [[fmt(c, r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(columns), sep, *(line(r) for r in cells)])
+
+
+def plot_probability_distributions(results: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
+    """Histograms of predicted probabilities for positive vs negative cells, one panel per method
+    (the AEVLP paper's Fig. 2). `results[name] = (probs [n, C], full labels [n, C])`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), squeeze=False)
+    bins = np.linspace(0, 1, 26)
+    for ax, (name, (probs, full)) in zip(axes[0], results.items()):
+        ax.hist(probs[full == 0], bins=bins, alpha=0.6, density=True, label="negatives")
+        ax.hist(probs[full == 1], bins=bins, alpha=0.6, density=True, label="positives")
+        ax.set_title(name)
+        ax.set_xlabel("predicted probability")
+    axes[0][0].set_ylabel("density")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,65 @@
+"""The typed configuration of a training run and the early-stopping rules of SPEC.md 1.6."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    """Everything a training run needs; saved resolved as the run's `config.toml`."""
+
+    method: str
+    dataset: str
+    out: str
+    description: str = ""
+    reference: str = ""
+    family: str = "coco"
+    regime: str = "spml"
+    pseudo_store: str | None = None
+    needs_store: bool = False
+    loss: str = "an"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    pseudo: str = "none"
+    pseudo_params: dict[str, Any] = field(default_factory=dict)
+    pseudo_mode: str = "dynamic"  # dynamic: seed e mod S per epoch; fixed: seed 0 always; accumulated: union
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-5
+    head_lr_mult: float = 10.0
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    backbone_weights: str | None = None
+    image_size: int = 448
+    threshold: float = 0.5
+    early_stop: str = "none"  # gr | em | ll | none (SPEC.md 1.6)
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    max_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)
+
+
+# SPEC.md 1.6: (largest allowed drop below the best val mAP, epochs without improvement allowed)
+EARLY_STOP_RULES: dict[str, tuple[float | None, int | None]] = {
+    "gr": (2.0, 2),
+    "em": (None, 1),
+    "ll": (3.0, None),
+    "none": (None, None),
+}
+
+
+def should_stop(rule: str, history: list[float]) -> bool:
+    """Early stopping on the list of val mAPs so far (SPEC.md 1.6)."""
+    max_drop, patience = EARLY_STOP_RULES[rule]
+    if len(history) < 2:
+        return False
+    best = max(history)
+    if max_drop is not None and history[-1] < best - max_drop:
+        return True
+    if patience is not None:
+        since_best = len(history) - 1 - history.index(best)
+        return since_best >= patience
+    return False
+
+
