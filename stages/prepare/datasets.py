@@ -23,6 +23,8 @@ class PrepareRequest:
     skip_corrupt: bool = False
     overwrite: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific (e.g. digits: size)
+    from_formatted: Path | None = None  # a folder of the literature's formatted_*.npy arrays
+    images: Path | None = None  # with from_formatted: the folder their image paths are relative to
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class DatasetInfo:
     needs_root: bool = True
     options: tuple[str, ...] = ()  # dataset-specific option names it accepts
     card: str = ""  # data card file name under data_cards/
+    class_list: str = ""  # shipped class-name list under stages/prepare/classnames/ ("" = built in)
+    formatted_name: str = ""  # dataset.json name of an import of the literature's arrays ("" = not importable)
+    layout: str = ""  # the source layout `--root` must point at, quoted in errors
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
@@ -41,17 +46,40 @@ DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 def check_request(info: DatasetInfo, req: PrepareRequest) -> None:
     """Fail on a missing root or an option this dataset does not take, naming it."""
+    if req.from_formatted is not None or req.images is not None:
+        _check_formatted_request(info, req)
+        return
     if info.needs_root:
+        layout = f": {info.layout}" if info.layout else ""
         if req.root is None:
-            raise InputError(f"--root: dataset {info.name!r} needs --root pointing at its source layout")
+            raise InputError(f"--root: dataset {info.name!r} needs --root pointing at its source layout{layout}")
         if not Path(req.root).is_dir():
-            raise InputError(f"--root: {req.root} is not a folder; expected the {info.name} source layout")
+            raise InputError(f"--root: {req.root} is not a folder; expected the {info.name} source layout{layout}")
     elif req.root is not None:
         raise InputError(f"--root: dataset {info.name!r} is built in and takes no --root")
     extra = sorted(k for k, v in req.options.items() if v is not None and k not in info.options)
     if extra:
         opts = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise InputError(f"{opts}: not an option of dataset {info.name!r} (it takes {list(info.options) or 'none'})")
+
+
+def _check_formatted_request(info: DatasetInfo, req: PrepareRequest) -> None:
+    if not info.formatted_name:
+        importable = [i.name for i in DATASETS if i.formatted_name]
+        raise InputError(f"--from-formatted: dataset {info.name!r} has no formatted arrays; "
+                         f"importable datasets: {importable}")
+    if req.from_formatted is None or req.images is None:
+        raise InputError("--from-formatted and --images go together: the folder of formatted_*.npy arrays and "
+                         "the folder their image paths are relative to")
+    if req.root is not None:
+        raise InputError("--root: not used with --from-formatted (the images folder is --images)")
+    for option, path in (("--from-formatted", req.from_formatted), ("--images", req.images)):
+        if not Path(path).is_dir():
+            raise InputError(f"{option}: {path} is not a folder")
+    extra = sorted(k for k, v in req.options.items() if v is not None)
+    if extra:
+        opts = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise InputError(f"{opts}: options of the {info.name} source layout, not of --from-formatted")
 
 
 def prepare_dataset(name: str, req: PrepareRequest) -> PrepareReport:
@@ -61,12 +89,20 @@ def prepare_dataset(name: str, req: PrepareRequest) -> PrepareReport:
     check_request(info, req)
     for spec in req.regimes:
         parse_regime(spec)
+    if req.from_formatted is not None:
+        from stages.prepare.formatted import prepare_formatted
+
+        return prepare_formatted(info, req)
     return info.prepare(req)
 
 
 def _register_builtin() -> None:
     # One module per dataset; each registers itself when imported.
+    import stages.prepare.coco  # noqa: F401
+    import stages.prepare.cub  # noqa: F401
     import stages.prepare.digits_dataset  # noqa: F401
+    import stages.prepare.nus  # noqa: F401
+    import stages.prepare.voc  # noqa: F401
 
 
 _register_builtin()
