@@ -1,0 +1,102 @@
+"""The pseudo-labeller registry: rules that turn cached teacher similarities into pseudo-labels (stage two).
+
+A pseudo-labeller is a pure, keyword-only function:
+
+    fn(*, sims, observed, cfg, generator=None) -> Tensor[B, C] int8 of `Pseudo` values
+
+- `sims` float [B, V, C]: raw cosine similarities from the store; view 0 is the global view, views
+  1.. are the tiles in row-major order. A row containing NaN (an image the teacher could not read) gets
+  all-0 (undefined) pseudo-labels; every labeller must honour this (`undefined_where_unreadable`).
+- `observed` int [B, C] with `Observed` values.
+- `generator` the source of randomness for random rules (ignored by deterministic ones).
+
+The output holds the rule's result for every cell, observed ones included; consumers read it only where
+`observed == 0` (losses take the observed label elsewhere; pseudo-label quality skips observed positives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from schemas.labels import Pseudo
+from stages.registry import Registry
+from stages.train.losses import build_cfg
+
+PseudoLabelFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PseudoLabellerInfo:
+    """A registered pseudo-labeller.
+
+    Attributes:
+        name: registry name (what configs and presets use).
+        description: one line for `--help` and reports.
+        reference: paper and SPEC.md section.
+        fn: the pure rule (see the module docstring for its signature).
+        cfg_cls: frozen dataclass of its stage-two parameters; fields without a default are per-dataset.
+        dataset_defaults: family name (`voc`, `coco`, `nus`, `cub`, `digits`) → field values.
+    """
+
+    name: str
+    description: str
+    reference: str
+    fn: PseudoLabelFn
+    cfg_cls: type
+    dataset_defaults: dict[str, dict[str, Any]]
+
+
+PSEUDOLABELLERS: Registry[PseudoLabellerInfo] = Registry("pseudo-labeller")
+
+
+def get_pseudolabeller_info(name: str) -> PseudoLabellerInfo:
+    """The registered pseudo-labeller `name`; an unknown name raises `InputError` listing the known ones."""
+    return PSEUDOLABELLERS.get(name, option="pseudo")
+
+
+def create_pseudo_cfg(name: str, dataset: str | None, overrides: Mapping[str, Any]) -> Any:
+    """Build the frozen config of pseudo-labeller `name`: class defaults, the dataset's, then `overrides`.
+
+    Args:
+        name: registered pseudo-labeller name.
+        dataset: `voc`, `coco`, `nus`, `cub`, `digits`, or None (then every per-dataset field must be set).
+        overrides: field → value; an unknown field or a value of the wrong type raises `InputError`.
+    """
+    info = get_pseudolabeller_info(name)
+    return build_cfg(info.cfg_cls, f"pseudo-labeller {name!r}", info.dataset_defaults, dataset, overrides)
+
+
+def check_pseudo_inputs(name: str, sims: torch.Tensor, observed: torch.Tensor, min_views: int = 1) -> None:
+    """Raise `ValueError` (a wiring bug, not user input) unless sims is [B, V>=min_views, C] and observed [B, C]."""
+    if sims.dim() != 3 or sims.shape[1] < min_views:
+        raise ValueError(f"pseudo-labeller {name!r}: sims must be [B, V>={min_views}, C], got {tuple(sims.shape)}")
+    if observed.shape != (sims.shape[0], sims.shape[2]):
+        raise ValueError(f"pseudo-labeller {name!r}: observed shape {tuple(observed.shape)} does not match "
+                         f"sims {tuple(sims.shape)}")
+
+
+def readable_sims(sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sims` in a working precision (float32 for half, float64 kept) with NaN set to 0, and the [B] mask
+    of unreadable rows (any NaN)."""
+    work = sims.float() if sims.dtype in (torch.float16, torch.bfloat16) else sims
+    unreadable = torch.isnan(work).flatten(1).any(dim=1)
+    return torch.nan_to_num(work, nan=0.0), unreadable
+
+
+def undefined_where_unreadable(labels: torch.Tensor, unreadable: torch.Tensor) -> torch.Tensor:
+    """`labels` as int8 with every unreadable row set to `Pseudo.UNDEFINED`."""
+    labels = labels.to(torch.int8)
+    return labels.masked_fill(unreadable[:, None], int(Pseudo.UNDEFINED))
+
+
+def _register_builtin() -> None:
+    # One module per family; each registers its labellers when imported.
+    import stages.train.pseudolabels.damp  # noqa: F401
+    import stages.train.pseudolabels.simple  # noqa: F401
+
+
+_register_builtin()
