@@ -1,0 +1,104 @@
+"""`mlpl train`, `mlpl evaluate`, `mlpl methods`: stage two and its evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.app import app
+from pipeline.progress import progress_bar
+from schemas.errors import InputError
+
+
+def resolve_dataset_dir(dataset: str, data_root: Path | None) -> Path:
+    """A prepared dataset folder, or a name looked up under the data root (`MLPL_DATA_ROOT`, else ./data)."""
+    path = Path(dataset)
+    if (path / "dataset.json").exists():
+        return path
+    root = data_root or Path(os.environ.get("MLPL_DATA_ROOT", "data"))
+    if (root / dataset / "dataset.json").exists():
+        return root / dataset
+    raise InputError(f"--dataset: {dataset!r} is neither a prepared dataset folder nor a name under the data root "
+                     f"{root} (looked for {path / 'dataset.json'} and {root / dataset / 'dataset.json'})")
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="Prepared dataset folder, or its name under --data-root.")],
+    method: Annotated[str, typer.Option(help="Method preset (see `mlpl methods`).")] = "aevlp",
+    pseudo_store: Annotated[Optional[Path], typer.Option(help="Store from `mlpl precompute-clip`.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<dataset>-<method>-<seed>).")] = None,
+    regime: Annotated[Optional[str], typer.Option(help="Observation regime (default: the method's).")] = None,
+    preset: Annotated[Optional[Path], typer.Option(help="A TOML file overriding the method's preset.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Backbone learning rate.")] = None,
+    head_lr_mult: Annotated[Optional[float], typer.Option(help="Head learning-rate multiplier.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone: resnet50, resnet18, small-cnn.")] = None,
+    backbone_weights: Annotated[Optional[Path], typer.Option(help="Local ImageNet weights file.")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet init.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
+    pseudo: Annotated[Optional[str], typer.Option(help="Pseudo-labeller: damp, vlpl, random, none.")] = None,
+    pseudo_mode: Annotated[Optional[str], typer.Option(help="dynamic, fixed or accumulated.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
+    seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda.")] = None,
+    max_batches: Annotated[Optional[int], typer.Option(help="Stop each epoch after N batches (smoke runs).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Where named datasets live.")] = None,
+) -> None:
+    """Train a classifier with a method preset; resumes from `last.pt` if the run folder has one."""
+    from pipeline.config import resolve_train_cfg
+    from schemas.dataset import DatasetMeta
+    from stages.train.loop import Trainer
+
+    ds_dir = resolve_dataset_dir(dataset, data_root)
+    meta = DatasetMeta.from_json(ds_dir / "dataset.json")
+    out = out or Path("runs") / f"{meta.name}-{method}-{seed}"
+    overrides = {
+        "pseudo_store": str(pseudo_store) if pseudo_store else None, "regime": regime, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "head_lr_mult": head_lr_mult, "backbone": backbone,
+        "backbone_weights": str(backbone_weights) if backbone_weights else None, "pretrained": pretrained,
+        "image_size": image_size, "pseudo": pseudo, "pseudo_mode": pseudo_mode, "workers": workers, "seed": seed,
+        "device": device, "max_batches": max_batches,
+    }
+    cfg = resolve_train_cfg(method, str(ds_dir), meta.name, str(out), preset, overrides)
+    with progress_bar() as bar:
+        summary = Trainer(cfg, progress=bar).run()
+    test = summary.test
+    typer.echo(f"{method} on {meta.name}: best epoch {summary.best_epoch}, val mAP {summary.val.map:.2f}"
+               + (f", test mAP {test.map:.2f}" if test else "") + f"  → {out}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder from `mlpl train`.")],
+    split: Annotated[str, typer.Option(help="val or test.")] = "test",
+    threshold: Annotated[Optional[float], typer.Option(help="Threshold for F1/Hamming (default: the run's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSON file to write (default RUN/eval-<split>.json).")] = None,
+) -> None:
+    """Evaluate a run's best checkpoint on a split: print a table and write JSON."""
+    from stages.evaluate.report import evaluate_run, format_table
+
+    result = evaluate_run(run, split, threshold)
+    path = out or run / f"eval-{split}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    typer.echo(format_table([{"run": run.name, **result["metrics"]}]))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def methods() -> None:
+    """List the method presets with their description, reference and per-dataset settings."""
+    from pipeline.config import list_methods, read_preset
+
+    for name in list_methods():
+        p = read_preset(name)
+        typer.echo(f"{name:10s} {p.get('description', '')}")
+        typer.echo(f"{'':10s} loss={p.get('loss')} pseudo={p.get('pseudo')} regime={p.get('regime')}  "
+                   f"[{p.get('reference', '')}]")
+        for family, table in p.get("dataset", {}).items():
+            typer.echo(f"{'':10s} {family}: " + ", ".join(f"{k}={v}" for k, v in table.items()))

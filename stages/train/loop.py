@@ -1,0 +1,281 @@
+"""The stage-two training loop: stream ⨝ store → pseudo-labels → loss → Adam, with validation,
+best-checkpointing, early stopping (SPEC.md 1.6), `metrics.jsonl`, resumable `last.pt`, `summary.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from schemas import run as run_schema
+from schemas.dataset import PreparedDataset, open_dataset
+from schemas.errors import InputError
+from schemas.store import Store, check_matches_dataset, open_store
+from stages.evaluate.metrics import evaluate_scores
+from stages.evaluate.pseudo_quality import PseudoLabelQuality
+from stages.train.config import TrainCfg, should_stop
+from stages.train.losses import EpochState, create_loss_cfg, get_loss_info
+from stages.train.models import Classifier, create_classifier, param_groups
+from stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg
+from stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
+from stages.train.stream import StreamCfg, eval_loader, train_loader
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def predict(model: Classifier, ds: PreparedDataset, split: str, stream: StreamCfg, device: torch.device,
+            amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, probabilities [n, C], full labels [n, C]) of a split, ordered by row."""
+    model.eval()
+    rows, probs, full = [], [], []
+    for batch in eval_loader(ds, split, stream):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(batch["image"].to(device, non_blocking=True))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        rows.append(batch["row"].numpy())
+        full.append(batch["full"].numpy())
+    r = np.concatenate(rows)
+    order = np.argsort(r)
+    return r[order], np.concatenate(probs)[order], np.concatenate(full)[order]
+
+
+def _metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+    return {k: float(v) for k, v in evaluate_scores(scores, targets, threshold=threshold).items()}
+
+
+def _split_metrics(m: dict[str, float]) -> run_schema.SplitMetrics:
+    keys = run_schema.METRIC_KEYS
+    return run_schema.SplitMetrics(**{k: m[k] for k in keys}, extra={k: v for k, v in m.items() if k not in keys})
+
+
+class Trainer:
+    """One training run in `cfg.out`; `run()` resumes from `last.pt` when it exists."""
+
+    def __init__(self, cfg: TrainCfg, progress: ProgressFn | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.progress = progress or (lambda phase, done, total: None)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.device = pick_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.amp = self.device.type == "cuda"
+        self.ds = open_dataset(Path(cfg.dataset))
+        start, stop = self.ds.meta.split_range("train")
+        self.train_start, self.n_train = start, stop - start
+        self.observed = self._observed()
+        self.store = self._store()
+        self.loss_info = get_loss_info(cfg.loss)
+        self.loss_cfg = create_loss_cfg(cfg.loss, cfg.family, cfg.loss_params)
+        self.pseudo_info = PSEUDOLABELLERS.get(cfg.pseudo, option="--pseudo")
+        self.pseudo_cfg = create_pseudo_cfg(cfg.pseudo, cfg.family, cfg.pseudo_params)
+        self.accumulated = AccumulatedPseudoLabels(self.n_train, self.ds.meta.num_classes)
+        self.quality = PseudoLabelQuality(self.n_train, self.ds.meta.num_classes)
+        self.stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers)
+
+    def _observed(self) -> np.ndarray:
+        obs = self.ds.observations(self.cfg.regime)
+        matrix = np.zeros((self.n_train, self.ds.meta.num_classes), dtype=np.int8)
+        matrix[obs.row - self.train_start] = obs.matrix(self.ds.meta.num_classes)
+        return matrix
+
+    def _store(self) -> Store | None:
+        if self.cfg.pseudo == "none":
+            return None
+        if not self.cfg.pseudo_store:
+            raise InputError(f"--pseudo-store: method {self.cfg.method!r} uses {self.cfg.pseudo!r} pseudo-labels "
+                             "from a store; build one with `mlpl precompute-clip` and pass --pseudo-store")
+        store = open_store(Path(self.cfg.pseudo_store))
+        m = self.ds.meta
+        check_matches_dataset(store, m.fingerprint, m.classes, self.n_train)
+        if not store.is_complete():
+            done = store.done_matrix()
+            raise InputError(f"{store.path}: store is incomplete ({int(done.sum())}/{done.size} tasks done); "
+                             "rerun `mlpl precompute-clip` with the same options to finish it")
+        return store
+
+    def store_seed_index(self, epoch: int) -> int:
+        """Augment seed of a 1-based epoch: e mod S (dynamic/accumulated) or always the first (fixed)."""
+        if self.store is None or self.cfg.pseudo_mode == "fixed":
+            return 0
+        return (epoch - 1) % len(self.store.attrs.seeds)
+
+    # ------------------------------------------------------------------ state
+    def _state(self, model: Classifier, opt: torch.optim.Optimizer, epoch: int, history: dict) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "accumulated": self.accumulated.state_dict(),
+            "quality": self.quality.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "config": dataclasses.asdict(self.cfg),
+        }
+
+    def _save_last(self, state: dict[str, Any]) -> None:
+        tmp = self.out / (run_schema.LAST_STATE + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / run_schema.LAST_STATE)
+
+    def _save_best(self, model: Classifier) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.out / (run_schema.BEST_WEIGHTS + ".tmp")
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, self.out / run_schema.BEST_WEIGHTS)
+
+    # ------------------------------------------------------------------ steps
+    def _pseudo(self, batch: dict[str, torch.Tensor], observed: torch.Tensor, gen: torch.Generator,
+                epoch: int) -> torch.Tensor | None:
+        if self.cfg.pseudo == "none":
+            return None
+        sims = batch.get("sims")
+        pseudo = self.pseudo_info.fn(sims=sims, observed=observed, cfg=self.pseudo_cfg, generator=gen)
+        rows = batch["row"] - self.train_start
+        if self.cfg.pseudo_mode == "accumulated":
+            self.accumulated.update(rows.numpy(), pseudo.numpy())
+            union = self.accumulated.get(rows.numpy()) != 0
+            pseudo = torch.where(union & (pseudo == 0), torch.ones_like(pseudo), pseudo)
+        return pseudo
+
+    def train_epoch(self, model: Classifier, opt: torch.optim.Optimizer, epoch: int,
+                    quality: PseudoLabelQuality) -> float:
+        model.train()
+        loader = train_loader(
+            self.ds, self.observed, self.stream, epoch=epoch - 1, seed=self.cfg.seed,
+            store_path=self.store.path if self.store else None, store_seed_index=self.store_seed_index(epoch),
+            rank=self.rank, world=self.world,
+        )
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        state = EpochState(epoch=epoch, num_epochs=self.cfg.epochs)
+        total, seen = 0.0, 0
+        n_batches = len(loader) if not self.cfg.max_batches else min(len(loader), self.cfg.max_batches)
+        for i, batch in enumerate(loader):
+            if i == n_batches:
+                break
+            observed = batch["observed"].long()
+            pseudo = self._pseudo(batch, observed, gen, epoch)
+            if pseudo is not None:
+                quality.update(batch["row"].numpy() - self.train_start, pseudo.numpy(), batch["full"].numpy(),
+                               observed.numpy())
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = model(batch["image"].to(self.device, non_blocking=True))
+            out = self.loss_info.fn(
+                logits=logits.float(), observed=observed.to(self.device),
+                pseudo=None if pseudo is None else pseudo.long().to(self.device), epoch=state, cfg=self.loss_cfg,
+            )
+            opt.zero_grad(set_to_none=True)
+            out.total.backward()
+            opt.step()
+            total += float(out.total.detach()) * len(observed)
+            seen += len(observed)
+            self.progress(f"epoch {epoch}/{self.cfg.epochs}", i + 1, n_batches)
+        return total / max(seen, 1)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> run_schema.RunSummary:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / run_schema.CONFIG_TOML).write_text(run_schema.dump_toml(dataclasses.asdict(cfg)))
+        seed_everything(cfg.seed)
+        model, weights = create_classifier(cfg.backbone, self.ds.meta.num_classes, pretrained=cfg.pretrained,
+                                           weights=Path(cfg.backbone_weights) if cfg.backbone_weights else None)
+        model.to(self.device)
+        ddp_model: torch.nn.Module = model
+        if self.world > 1:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.Adam(param_groups(model, cfg.lr, cfg.head_lr_mult))
+        history: dict[str, Any] = {"val_map": [], "best_epoch": 0, "stopped": False}
+        start_epoch = 1
+        last = self.out / run_schema.LAST_STATE
+        if last.exists():
+            state = torch.load(last, map_location="cpu", weights_only=False)
+            if state["config"] != dataclasses.asdict(cfg):
+                raise InputError(f"{last}: belongs to a run with another configuration; choose another --out")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            self.accumulated.load_state_dict(state["accumulated"])
+            self.quality.load_state_dict(state["quality"])
+            history = state["history"]
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+            start_epoch = state["epoch"] + 1
+            log.info("resuming %s from epoch %d", self.out, start_epoch)
+        else:
+            (self.out / run_schema.METRICS_JSONL).write_text("")
+        train_forward = ddp_model if self.world > 1 else model
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if history["stopped"]:
+                break
+            t0 = time.time()
+            self.quality.reset()
+            loss = self.train_epoch(train_forward, opt, epoch, self.quality)
+            _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp)
+            val = _metrics(probs, full, cfg.threshold)
+            history["val_map"].append(val["map"])
+            if self.rank == 0:
+                record = {"epoch": epoch, "split": "train", "loss": loss, "seconds": time.time() - t0}
+                if cfg.pseudo != "none":
+                    record.update({f"pseudo_{k}": float(v) for k, v in self.quality.compute().items()})
+                run_schema.append_metrics(self.out, record)
+                run_schema.append_metrics(self.out, {"epoch": epoch, "split": "val", **val})
+                if val["map"] >= max(history["val_map"]):
+                    history["best_epoch"] = epoch
+                    self._save_best(model)
+            history["stopped"] = should_stop(cfg.early_stop, history["val_map"])
+            if self.rank == 0:
+                self._save_last(self._state(model, opt, epoch, history))
+            log.info("epoch %d: loss %.4f, val mAP %.2f", epoch, loss, val["map"])
+        return self.finish(model, history, weights)
+
+    def finish(self, model: Classifier, history: dict[str, Any], weights: str) -> run_schema.RunSummary:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(self.out / run_schema.BEST_WEIGHTS)))
+        _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp)
+        val = _metrics(vp, vf, self.cfg.threshold)
+        test = None
+        if self.ds.meta.splits.get("test", 0):
+            _, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp)
+            test = _metrics(tp, tf, self.cfg.threshold)
+            if self.rank == 0:
+                run_schema.append_metrics(self.out, {"epoch": history["best_epoch"], "split": "test", **test})
+        quality = {}
+        for rec in run_schema.read_metrics(self.out):
+            if rec["split"] == "train" and rec["epoch"] == history["best_epoch"]:
+                quality = {k[len("pseudo_"):]: v for k, v in rec.items() if k.startswith("pseudo_")}
+        summary = run_schema.RunSummary(
+            method=self.cfg.method, dataset=self.ds.meta.name, regime=self.cfg.regime, seed=self.cfg.seed,
+            best_epoch=int(history["best_epoch"]), val=_split_metrics(val),
+            test=_split_metrics(test) if test else None, epochs_run=len(history["val_map"]),
+            pseudo_quality=quality,
+        )
+        if self.rank == 0:
+            run_schema.write_summary(self.out, summary)
+        return summary
