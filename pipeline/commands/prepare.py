@@ -1,10 +1,10 @@
-"""`mlpl prepare`, `mlpl observe`, `mlpl validate`: source layouts → prepared datasets, regimes, checks."""
+"""`mlpl prepare`, `observe`, `validate`, `verify`, `export-formatted`: source layouts ⇄ prepared datasets, checks."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,35 +18,51 @@ from schemas.errors import InputError
 def prepare(
     dataset: Annotated[str, typer.Option(help="Dataset name: digits, coco, ... (see `mlpl datasets`).")],
     out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to (must not exist).")],
-    root: Annotated[Optional[Path], typer.Option(help="The source dataset's folder, in its original layout.")] = None,
+    root: Annotated[Path | None, typer.Option(help="The source dataset's folder, in its original layout.")] = None,
     regime: Annotated[
         list[str], typer.Option(help="Observation regimes to write (repeatable): full, spml, partial-0.5, ...")
     ] = ["full", "spml"],  # noqa: B006 (typer reads the default)
     rows_per_shard: Annotated[int, typer.Option(help="Images per WebDataset shard (= store chunk).")] = 1000,
     skip_corrupt: Annotated[bool, typer.Option(help="Drop unreadable images (listed in dataset.json).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
-    size: Annotated[Optional[int], typer.Option(help="digits: official train canvases (train + val).")] = None,
-    test_size: Annotated[Optional[int], typer.Option(help="digits: test canvases.")] = None,
-    canvas: Annotated[Optional[int], typer.Option(help="digits: canvas side in pixels.")] = None,
-    cells: Annotated[Optional[int], typer.Option(help="digits: grid cells per side.")] = None,
-    max_digits: Annotated[Optional[int], typer.Option(help="digits: most digits per canvas.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="digits: generator seed.")] = None,
-    no_test: Annotated[Optional[bool], typer.Option("--no-test", help="coco: allow a layout without the test split.")] = None,
+    size: Annotated[int | None, typer.Option(help="digits: official train canvases (train + val).")] = None,
+    test_size: Annotated[int | None, typer.Option(help="digits: test canvases.")] = None,
+    canvas: Annotated[int | None, typer.Option(help="digits: canvas side in pixels.")] = None,
+    cells: Annotated[int | None, typer.Option(help="digits: grid cells per side.")] = None,
+    max_digits: Annotated[int | None, typer.Option(help="digits: most digits per canvas.")] = None,
+    seed: Annotated[int | None, typer.Option(help="digits: generator seed.")] = None,
+    no_test: Annotated[
+        bool | None,
+        typer.Option("--no-test", help="coco, voc: prepare without the test split (its files may be absent)."),
+    ] = None,
+    year: Annotated[int | None, typer.Option(help="coco: 2014 or 2017 (default: the one under --root).")] = None,
+    pool: Annotated[
+        Path | None,
+        typer.Option(help="nus: folder with the literature's re-crawled image lists formatted_{train,val}_images.npy."),
+    ] = None,
+    from_formatted: Annotated[
+        Path | None,
+        typer.Option(help="Import the literature's formatted_{train,val}_{images,labels,labels_obs}.npy from here."),
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="With --from-formatted: the folder the arrays' image paths are relative to.")
+    ] = None,
 ) -> None:
     """Convert a source dataset into a prepared dataset (shards, labels, observation regimes)."""
     from stages.prepare.datasets import PrepareRequest, prepare_dataset
 
     options = {
         "size": size, "test_size": test_size, "canvas": canvas, "cells": cells, "max_digits": max_digits,
-        "seed": seed, "no_test": no_test,
+        "seed": seed, "no_test": no_test, "year": year, "pool": pool,
     }
     req = PrepareRequest(
         out=out, root=root, regimes=tuple(regime), rows_per_shard=rows_per_shard, skip_corrupt=skip_corrupt,
-        overwrite=overwrite, options=options,
+        overwrite=overwrite, options=options, from_formatted=from_formatted, images=images,
     )
     report = prepare_dataset(dataset, req)
     counts = ", ".join(f"{k} {v}" for k, v in report.splits.items())
-    typer.echo(f"prepared {dataset} → {report.out} ({counts}; regimes: {', '.join(regime)})")
+    regimes = DatasetMeta.from_json(report.out / DATASET_JSON).regimes
+    typer.echo(f"prepared {dataset} → {report.out} ({counts}; regimes: {', '.join(regimes)})")
     if report.skipped:
         typer.echo(f"skipped {len(report.skipped)} unreadable images (listed in {DATASET_JSON})")
 
@@ -54,7 +70,9 @@ def prepare(
 @app.command()
 def observe(
     dataset: Annotated[Path, typer.Argument(help="A prepared dataset folder.")],
-    regime: Annotated[list[str], typer.Option(help="Regime to add (repeatable), e.g. partial-0.3, spml-unlabeled-0.5.")],
+    regime: Annotated[
+        list[str], typer.Option(help="Regime to add (repeatable), e.g. partial-0.3, spml-unlabeled-0.5.")
+    ],
 ) -> None:
     """Add observation regimes to a prepared dataset."""
     from stages.prepare.observations import write_regimes
@@ -95,3 +113,45 @@ def datasets() -> None:
 
     for info in DATASETS:
         typer.echo(f"{info.name:10s} {info.description}  [{info.reference}]")
+
+
+@app.command()
+def verify(
+    dataset: Annotated[Path, typer.Argument(help="A prepared dataset folder.")],
+    card: Annotated[
+        Path | None, typer.Option(help="Data card to compare with (default: data_cards/<dataset name>.md).")
+    ] = None,
+) -> None:
+    """Check a prepared dataset against its data card; differences are listed and exit with code 1."""
+    from stages.prepare.cards import verify as verify_dataset
+
+    report = verify_dataset(dataset, card)
+    where = report.card if report.card is not None else "no data card for this dataset: card-independent checks only"
+    typer.echo(f"{dataset}: {where}")
+    for fact in report.facts:
+        typer.echo(f"      {fact}")
+    for check in report.checks:
+        typer.echo(check.line())
+    if not report.ok:
+        typer.echo(f"{len(report.differences)} difference(s) from the expected values")
+        raise typer.Exit(1)
+    typer.echo("ok: every check agrees")
+
+
+@app.command("export-formatted")
+def export_formatted(
+    dataset: Annotated[Path, typer.Argument(help="A prepared dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the formatted_*.npy arrays to (must not exist).")],
+    regime: Annotated[
+        str | None,
+        typer.Option(help="Observed labels to write as labels_obs (default: spml-given if present, else spml)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write the literature's formatted_{train,val}_{images,labels,labels_obs}.npy (their val = the test split)."""
+    from stages.prepare.formatted import export_formatted as export
+
+    result = export(dataset, out, regime=regime, overwrite=overwrite)
+    counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())
+    typer.echo(f"exported {dataset} → {result['out']} ({counts}; labels_obs from {result['regime']}; "
+               f"image paths relative to {result['images_root']})")

@@ -1,0 +1,173 @@
+"""The literature's pre-formatted arrays (`formatted_{train,val}_{images,labels,labels_obs}.npy`): import, export.
+
+Their "train" arrays are the official train split (before the 80/20 hold-out, which `write_prepared`
+draws) and their "val" arrays are the test split. Image paths are relative to an images folder
+(`--images`) and become the row keys. The given observed labels (1 / 0 / −1) of the train file
+become the regime `spml-given` over the train rows; both given observation files are also kept,
+as int8 copies under `source/`, so that `export_formatted` writes back exactly what was imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.dataset import (
+    LabelsTable,
+    Observations,
+    atomic_folder,
+    open_dataset,
+    read_observations,
+    write_observations,
+)
+from schemas.errors import InputError
+from stages.prepare.datasets import DatasetInfo, PrepareRequest
+from stages.prepare.observations import official_train_labels, parse_regime, single_positive
+from stages.prepare.sources import FileBytes, image_ext, load_classnames, write_from_source
+from stages.prepare.writer import PrepareReport, SourceImage
+
+log = logging.getLogger(__name__)
+
+GIVEN_REGIME = "spml-given"
+GIVEN_DIR = "source"  # inside a prepared dataset: int8 copies of the given labels_obs files
+FILE_SPLITS = {"train": "train", "test": "val"}  # official split → the literature's file prefix
+KINDS = ("images", "labels", "labels_obs")
+
+
+def formatted_name(split: str, kind: str) -> str:
+    return f"formatted_{FILE_SPLITS[split]}_{kind}.npy"
+
+
+def _load(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        expected = ", ".join(formatted_name(s, k) for s in FILE_SPLITS for k in KINDS)
+        raise InputError(f"{path}: not found; expected the literature's {what} ({expected})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise InputError(f"{path}: not a plain numpy array ({e}); expected {what}") from None
+
+
+def load_formatted(folder: Path, split: str, num_classes: int) -> dict[str, np.ndarray | None]:
+    """The arrays of one official split, checked: images [N] str, labels [N, C] 0/1, labels_obs [N, C] −1/0/1."""
+    images = _load(folder / formatted_name(split, "images"), "image paths")
+    if images.ndim != 1 or images.dtype.kind not in "US":
+        raise InputError(f"{folder / formatted_name(split, 'images')}: shape {images.shape}, dtype {images.dtype}; "
+                         "expected a 1-D array of image paths")
+    out: dict[str, np.ndarray | None] = {"images": images}
+    for kind, allowed in (("labels", (0, 1)), ("labels_obs", (-1, 0, 1))):
+        path = folder / formatted_name(split, kind)
+        if kind == "labels_obs" and split == "test" and not path.is_file():
+            out[kind] = None  # only the train file's observations are used; the test file's are optional
+            continue
+        arr = _load(path, "label matrices")
+        if arr.shape != (len(images), num_classes):
+            raise InputError(f"{path}: shape {arr.shape}; expected ({len(images)}, {num_classes}) "
+                             f"(one row per image of {formatted_name(split, 'images')}, one column per class)")
+        bad = ~np.isin(arr, allowed)
+        if bad.any():
+            r, c = (int(x) for x in np.argwhere(bad)[0])
+            raise InputError(f"{path}: row {r}, column {c} is {arr[r, c]}; expected values in {list(allowed)}")
+        out[kind] = arr.astype(np.int8)
+    return out
+
+
+def prepare_formatted(info: DatasetInfo, req: PrepareRequest) -> PrepareReport:
+    folder, images_root = Path(req.from_formatted), Path(req.images)
+    classes = load_classnames(info.class_list)
+    arrays = {split: load_formatted(folder, split, len(classes)) for split in FILE_SPLITS}
+    items: dict[str, list[SourceImage]] = {}
+    for split, arr in arrays.items():
+        origin = str(folder / formatted_name(split, "images"))
+        items[split] = [
+            SourceImage(key=key, labels=np.flatnonzero(row).astype(np.int16), ext=image_ext(key, origin),
+                        read=FileBytes(images_root / key), origin=str(images_root / key))
+            for key, row in zip((str(k) for k in arr["images"]), arr["labels"])
+        ]
+    given = {split: arr["labels_obs"] for split, arr in arrays.items()}
+
+    def write_given(tmp: Path, table: LabelsTable) -> None:
+        (tmp / GIVEN_DIR).mkdir()
+        for split, obs in given.items():
+            if obs is not None:
+                np.save(tmp / GIVEN_DIR / formatted_name(split, "labels_obs"), obs)
+        rows, labels = official_train_labels(table)
+        train = table.split[rows] == "train"
+        params = {"regime": GIVEN_REGIME, "source": str((folder / formatted_name("train", "labels_obs")).resolve()),
+                  "equals_spml": bool(np.array_equal(given["train"], single_positive(labels)))}
+        write_observations(tmp, Observations.from_matrix(GIVEN_REGIME, params, rows[train], given["train"][train]))
+
+    source = {
+        "layout": "formatted",
+        "formatted_dir": str(folder.resolve()),
+        "images_root": str(images_root.resolve()),
+        "image_paths": {"train": "{key}", "test": "{key}"},
+        "class_list": info.class_list,
+        "empty_labels": "kept",
+        "given_labels_obs": f"{GIVEN_DIR}/formatted_{{train,val}}_labels_obs.npy (int8)",
+    }
+    return write_from_source(req, info.formatted_name, classes, items["train"], items["test"], source,
+                             extra_regimes=write_given)
+
+
+def _regime_matrices(root: Path, table: LabelsTable, regime: str, official: dict[str, np.ndarray]) -> dict:
+    """Observed labels [N, C] per official split (source order) under `regime`, checked against its file."""
+    if regime == GIVEN_REGIME:
+        out = {}
+        for split in FILE_SPLITS:
+            path = root / GIVEN_DIR / formatted_name(split, "labels_obs")
+            if path.is_file():
+                out[split] = np.load(path, allow_pickle=False)
+            elif split == "test":
+                log.info("%s: absent (none was imported); writing the SPEC.md 1.2 single positive draw", path)
+                out[split] = parse_regime("spml")[0].build(table.matrix(official[split]), {"seed": 1200})
+            else:
+                raise InputError(f"{path}: not found; the regime {GIVEN_REGIME!r} exists only in datasets imported "
+                                 "with --from-formatted")
+    else:
+        info, params = parse_regime(regime)
+        out = {split: info.build(table.matrix(rows), params) for split, rows in official.items()}
+    stored = read_observations(root, regime) if (root / "observations" / f"{regime}.parquet").exists() else None
+    if stored is not None:
+        pos = {int(r): i for i, r in enumerate(official["train"])}
+        expect = stored.matrix(len(table.classes))
+        got = out["train"][[pos[int(r)] for r in stored.row]]
+        if not np.array_equal(expect, got):
+            raise InputError(f"{root}/observations/{regime}.parquet: differs from the observations this export "
+                             "would write; the dataset was changed after it was prepared")
+    return out
+
+
+def export_formatted(dataset: Path, out: Path, regime: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write `formatted_{train,val}_{images,labels,labels_obs}.npy` of a prepared dataset to `out`.
+
+    train ∪ val rows in source order → `formatted_train_*`, test rows → `formatted_val_*`; images are
+    the paths relative to the images folder recorded in dataset.json; labels and observations are
+    float64 as the literature's files are. `regime` defaults to `spml-given` where it exists, else `spml`.
+    """
+    ds = open_dataset(dataset)
+    table, meta = ds.labels, ds.meta
+    patterns = meta.source.get("image_paths") or {}
+    regime = regime or (GIVEN_REGIME if GIVEN_REGIME in meta.regimes else "spml")
+    train_rows, _ = official_train_labels(table)
+    test_rows = table.rows_of("test")
+    test_rows = test_rows[np.argsort(table.source_index[test_rows], kind="stable")]
+    official = {"train": train_rows, "test": test_rows}
+    for split, rows in official.items():
+        if len(rows) and not patterns.get(split):
+            raise InputError(f"{Path(dataset) / 'dataset.json'}: no image path pattern for the {split} split "
+                             "(source.image_paths); export-formatted needs one (the image file names follow no "
+                             "single pattern, or the dataset predates it)")
+    observed = _regime_matrices(Path(dataset), table, regime, official)
+    with atomic_folder(Path(out), overwrite=overwrite) as tmp:
+        for split, rows in official.items():
+            paths = np.array([patterns[split].format(key=table.key[r]) for r in rows], dtype=str)
+            np.save(tmp / formatted_name(split, "images"), paths)
+            np.save(tmp / formatted_name(split, "labels"), table.matrix(rows).astype(np.float64))
+            np.save(tmp / formatted_name(split, "labels_obs"), observed[split].astype(np.float64))
+    counts = {FILE_SPLITS[s]: len(r) for s, r in official.items()}
+    log.info("exported %s (%s, regime %s) → %s", meta.name, counts, regime, out)
+    return {"out": Path(out), "regime": regime, "images_root": meta.source.get("images_root"), "counts": counts}
