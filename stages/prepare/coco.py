@@ -50,7 +50,10 @@ class JsonStream:
             return False
         if self.pos > len(self.buf) // 2:
             self.buf, self.pos = self.buf[self.pos :], 0
-        data = self.fh.read(max(self.chunk, len(self.buf) - self.pos))
+        try:
+            data = self.fh.read(max(self.chunk, len(self.buf) - self.pos))
+        except UnicodeDecodeError as e:
+            raise InputError(f"{self.path}: not UTF-8 text ({e}); expected a COCO instances JSON") from None
         if not data:
             self.eof = True
             return False
@@ -91,7 +94,11 @@ class JsonStream:
 
 def iter_top_level(path: Path, arrays: frozenset[str]) -> Iterator[tuple[str, Any]]:
     """(key, value) of a top-level JSON object; for the keys in `arrays`, (key, element) per element."""
-    with open(path, encoding="utf-8") as fh:
+    try:
+        fh = open(path, encoding="utf-8-sig")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.__class__.__name__}: {e.strerror})") from None
+    with fh:
         stream = JsonStream(fh, path)
         stream.expect("{")
         if stream.peek() == "}":
