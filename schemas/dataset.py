@@ -150,11 +150,13 @@ class LabelsTable:
         return self.row[self.split == split]
 
 
-def dataset_fingerprint(rows: Sequence[int], keys: Sequence[str], splits: Sequence[str]) -> str:
-    """Hash of the row → (key, split) table; the store records it to refuse a mismatched dataset."""
+def dataset_fingerprint(
+    rows: Sequence[int], keys: Sequence[str], splits: Sequence[str], labels: Sequence[np.ndarray]
+) -> str:
+    """Hash of the row → (key, split, labels) table; the store records it to refuse a mismatched dataset."""
     h = hashlib.sha256()
-    for r, k, s in zip(rows, keys, splits):
-        h.update(f"{int(r)}\t{k}\t{s}\n".encode())
+    for r, k, s, y in zip(rows, keys, splits, labels):
+        h.update(f"{int(r)}\t{k}\t{s}\t{','.join(map(str, np.asarray(y).tolist()))}\n".encode())
     return h.hexdigest()[:32]
 
 
@@ -349,7 +351,7 @@ def validate(root: Path) -> PreparedDataset:
     for i, lbl in enumerate(lab.labels):
         if len(lbl) and (lbl.min() < 0 or lbl.max() >= C or len(np.unique(lbl)) != len(lbl)):
             raise InputError(f"{root / LABELS_PARQUET}: row {i} has labels {lbl.tolist()}; expected distinct ints in [0, {C})")
-    fp = dataset_fingerprint(lab.row, lab.key, lab.split)
+    fp = dataset_fingerprint(lab.row, lab.key, lab.split, lab.labels)
     if fp != meta.fingerprint:
         raise InputError(f"{root}: fingerprint {meta.fingerprint} in dataset.json, computed {fp}")
     covered = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, fields
 
 from schemas.errors import InputError
@@ -26,9 +27,11 @@ def prepare_digits(req: PrepareRequest) -> PrepareReport:
     if cfg.digit > cfg.canvas // cfg.cells + 1:
         raise InputError(f"--digit: {cfg.digit} px does not fit a cell of {cfg.canvas // cfg.cells} px")
     splits = digits.generate(cfg)
+    # keys name the generator settings, so canvases of different worlds never share a key
+    tag = hashlib.sha256(repr(sorted(asdict(cfg).items())).encode()).hexdigest()[:8]
     items = {
         split: [
-            SourceImage(key=f"{split}-{i:06d}", labels=labels, ext="png", read=_const(png), origin=f"digits:{split}:{i}")
+            SourceImage(key=f"{tag}-{split}-{i:06d}", labels=labels, ext="png", read=_const(png), origin=f"digits:{split}:{i}")
             for i, (png, labels) in enumerate(rows)
         ]
         for split, rows in splits.items()

@@ -175,7 +175,7 @@ def write_prepared(
             name=name,
             classes=classes,
             splits=report.splits,
-            fingerprint=dataset_fingerprint(table.row, table.key, table.split),
+            fingerprint=dataset_fingerprint(table.row, table.key, table.split, table.labels),
             image_ext=exts[0] if len(exts) == 1 else "mixed",
             rows_per_shard=rows_per_shard,
             source=src,

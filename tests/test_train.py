@@ -1,0 +1,129 @@
+"""Stage two end to end on the digits world: runs, resume after a kill, store checks, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas import run as run_schema
+from schemas.dataset import open_dataset
+from schemas.errors import InputError
+from schemas.store import StoreAttrs, create_store
+from tests.conftest import run_cli
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--image-size", "32", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def oracle_store(digits_small, tmp_path_factory) -> Path:
+    """A store whose similarities come from the labels plus noise (stands in for a teacher)."""
+    ds = open_dataset(digits_small)
+    n = ds.meta.splits["train"]
+    y = ds.labels.matrix(np.arange(n)).astype(np.float32)
+    rng = np.random.RandomState(0)
+    attrs = StoreAttrs(dataset_fingerprint=ds.meta.fingerprint, dataset_name="digits", classes=ds.meta.classes,
+                       num_rows=n, rows_per_chunk=ds.meta.rows_per_shard, seeds=(0, 1), teacher={"arch": "oracle"},
+                       views={"grid": 2}, embed_dim=4)
+    path = tmp_path_factory.mktemp("store") / "store"
+    store = create_store(path, attrs, np.zeros((10, 4), np.float32))
+    sims = 0.2 + 0.05 * y[None, :, None, :] + 0.01 * rng.rand(2, n, 5, 10)
+    store.sims[...] = sims.astype(np.float16)
+    store.done[...] = 1
+    return path
+
+
+def test_train_an_writes_run(digits_small, tmp_path):
+    out = tmp_path / "an"
+    assert run_cli(["train", "--dataset", digits_small, "--method", "an", "--out", out, *TINY]) == 0
+    summary = run_schema.validate(out)
+    assert summary.method == "an" and summary.regime == "spml" and summary.test is not None
+    assert 0 <= summary.test.map <= 100 and summary.best_epoch in (1, 2)
+    records = run_schema.read_metrics(out)
+    assert [(r["epoch"], r["split"]) for r in records][:4] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    assert (out / "best.safetensors").exists() and (out / "last.pt").exists()
+
+
+def test_train_aevlp_with_store_logs_pseudo_quality(digits_small, oracle_store, tmp_path):
+    out = tmp_path / "aevlp"
+    code = run_cli(["train", "--dataset", digits_small, "--method", "aevlp", "--pseudo-store", oracle_store,
+                    "--out", out, *TINY])
+    assert code == 0
+    train_rec = [r for r in run_schema.read_metrics(out) if r["split"] == "train"]
+    # the oracle store makes DAMP's positive pseudo-labels precise
+    assert all(r["pseudo_precision"] > 90 for r in train_rec)
+    assert run_schema.read_summary(out).pseudo_quality["precision"] > 90
+
+
+def test_aevlp_without_store_is_refused(digits_small, tmp_path, capsys):
+    assert run_cli(["train", "--dataset", digits_small, "--method", "aevlp", "--out", tmp_path / "r", *TINY]) == 2
+    assert "--pseudo-store" in capsys.readouterr().err
+
+
+def test_mismatched_store_is_refused(digits_small, oracle_store, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert run_cli(["prepare", "--dataset", "digits", "--out", other, "--size", "200", "--test-size", "50",
+                    "--rows-per-shard", "64", "--seed", "1"]) == 0
+    assert run_cli(["train", "--dataset", other, "--method", "aevlp", "--pseudo-store", oracle_store,
+                    "--out", tmp_path / "r", *TINY]) == 2
+    assert "fingerprint" in capsys.readouterr().err
+
+
+def test_incomplete_store_is_refused(digits_small, oracle_store, tmp_path):
+    import shutil
+
+    from schemas.store import open_store
+    from stages.train.config import TrainCfg
+    from stages.train.loop import Trainer
+
+    copy = tmp_path / "store"
+    shutil.copytree(oracle_store, copy)
+    open_store(copy, mode="r+").done[0, 0] = 0
+    cfg = TrainCfg(method="aevlp", dataset=str(digits_small), out=str(tmp_path / "r"), pseudo="damp",
+                   pseudo_store=str(copy), family="digits", loss="gpr")
+    with pytest.raises(InputError, match="incomplete"):
+        Trainer(cfg)
+
+
+def test_resume_after_kill_gives_same_result(digits_small, tmp_path):
+    args = ["--dataset", str(digits_small), "--method", "an", "--epochs", "4", "--batch-size", "16",
+            "--image-size", "32", "--workers", "1", "--seed", "3"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", *args]
+    ref = tmp_path / "ref"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "last.pt").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    subprocess.run([*cmd, "--out", str(killed)], check=True, env=env, capture_output=True)
+    a = json.loads((ref / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert a == b
+    val_a = [r for r in run_schema.read_metrics(ref) if r["split"] == "val"]
+    val_b = [r for r in run_schema.read_metrics(killed) if r["split"] == "val"]
+    assert val_a == val_b
+
+
+def test_evaluate_command(digits_small, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["train", "--dataset", digits_small, "--method", "bce-full", "--out", out, *TINY]) == 0
+    capsys.readouterr()
+    assert run_cli(["evaluate", out, "--split", "test"]) == 0
+    printed = capsys.readouterr().out
+    assert "map" in printed and "hamming" in printed
+    result = json.loads((out / "eval-test.json").read_text())
+    summary = run_schema.read_summary(out)
+    assert result["metrics"]["map"] == pytest.approx(summary.test.map, abs=1e-6)
