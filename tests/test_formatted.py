@@ -19,8 +19,8 @@ C = len(load_classnames("voc.txt"))
 
 
 def write_formatted(folder: Path, images_root: Path, n_train: int = 12, n_test: int = 5,
-                    given: str = "spml") -> dict[str, np.ndarray]:
-    """Arrays as the literature writes them: str paths, float64 0/1 labels, float64 1/0/−1 observations."""
+                    given: str = "spml", dtype: str = "float64") -> dict[str, np.ndarray]:
+    """Arrays as the literature writes them: str paths, 0/1 labels, 1/0/−1 observations (float64; CUB int64)."""
     rng = np.random.RandomState(0)
     arrays = {}
     for prefix, n in (("train", n_train), ("val", n_test)):
@@ -31,8 +31,8 @@ def write_formatted(folder: Path, images_root: Path, n_train: int = 12, n_test: 
             obs = single_positive(labels).astype(np.float64)  # what the literature's script writes
         else:  # any given observations: positives and negatives, not a SPEC 1.2 draw
             obs = np.where(rng.random_sample((n, C)) < 0.3, np.where(labels == 1, 1.0, -1.0), 0.0)
-        arrays |= {f"formatted_{prefix}_images.npy": names, f"formatted_{prefix}_labels.npy": labels,
-                   f"formatted_{prefix}_labels_obs.npy": obs}
+        arrays |= {f"formatted_{prefix}_images.npy": names, f"formatted_{prefix}_labels.npy": labels.astype(dtype),
+                   f"formatted_{prefix}_labels_obs.npy": obs.astype(dtype)}
         for i, name in enumerate(names):
             tiny_image(images_root / name, seed=i + (100 if prefix == "val" else 0))
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,9 +45,9 @@ def _load_all(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.load(p) for p in sorted(folder.glob("formatted_*.npy"))}
 
 
-@pytest.mark.parametrize("given", ["spml", "any"])
-def test_import_then_export_round_trips(tmp_path, given):
-    arrays = write_formatted(tmp_path / "fmt", tmp_path / "JPEGImages", given=given)
+@pytest.mark.parametrize("given, dtype", [("spml", "float64"), ("any", "float64"), ("spml", "int64")])
+def test_import_then_export_round_trips(tmp_path, given, dtype):
+    arrays = write_formatted(tmp_path / "fmt", tmp_path / "JPEGImages", given=given, dtype=dtype)
     out = tmp_path / "prepared"
     assert run_cli(["prepare", "--dataset", "voc2012", "--from-formatted", tmp_path / "fmt",
                     "--images", tmp_path / "JPEGImages", "--out", out]) == 0
@@ -141,3 +141,22 @@ def test_bad_formatted_input(tmp_path, capsys, how, expected):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "p").exists()
+
+
+def test_skip_corrupt_keeps_given_observations_aligned(tmp_path):
+    arrays = write_formatted(tmp_path / "fmt", tmp_path / "img", given="any")
+    (tmp_path / "img" / "2008_000002.jpg").write_bytes(b"broken")
+    out = tmp_path / "prepared"
+    assert run_cli(["prepare", "--dataset", "voc2012", "--from-formatted", tmp_path / "fmt", "--images",
+                    tmp_path / "img", "--out", out, "--skip-corrupt"]) == 0
+    ds = ds_schema.validate(out)
+    assert "2008_000002.jpg" not in ds.labels.key and ds.meta.num_rows == 16
+    given = dict(zip(arrays["formatted_train_images.npy"], arrays["formatted_train_labels_obs.npy"]))
+    obs = ds.observations("spml-given")
+    for r, row in zip(obs.row, obs.matrix(C)):
+        assert np.array_equal(row, given[ds.labels.key[r]].astype(np.int8))
+    back = tmp_path / "back"
+    assert run_cli(["export-formatted", out, "--out", back]) == 0
+    names = np.load(back / "formatted_train_images.npy")
+    exported = np.load(back / "formatted_train_labels_obs.npy")
+    assert all(np.array_equal(exported[i], given[n]) for i, n in enumerate(names))

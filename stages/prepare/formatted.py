@@ -35,6 +35,7 @@ GIVEN_REGIME = "spml-given"
 GIVEN_DIR = "source"  # inside a prepared dataset: int8 copies of the given labels_obs files
 FILE_SPLITS = {"train": "train", "test": "val"}  # official split → the literature's file prefix
 KINDS = ("images", "labels", "labels_obs")
+DEFAULT_DTYPE = "float64"  # VOC, COCO and NUS files are float64; CUB's are int64 (recorded at import)
 
 
 def formatted_name(split: str, kind: str) -> str:
@@ -51,13 +52,16 @@ def _load(path: Path, what: str) -> np.ndarray:
         raise InputError(f"{path}: not a plain numpy array ({e}); expected {what}") from None
 
 
-def load_formatted(folder: Path, split: str, num_classes: int) -> dict[str, np.ndarray | None]:
-    """The arrays of one official split, checked: images [N] str, labels [N, C] 0/1, labels_obs [N, C] −1/0/1."""
+def load_formatted(folder: Path, split: str, num_classes: int) -> dict[str, Any]:
+    """The arrays of one official split, checked: images [N] str, labels [N, C] 0/1, labels_obs [N, C] −1/0/1.
+
+    Label matrices come back as int8, with their file dtypes under "dtypes".
+    """
     images = _load(folder / formatted_name(split, "images"), "image paths")
     if images.ndim != 1 or images.dtype.kind not in "US":
         raise InputError(f"{folder / formatted_name(split, 'images')}: shape {images.shape}, dtype {images.dtype}; "
                          "expected a 1-D array of image paths")
-    out: dict[str, np.ndarray | None] = {"images": images}
+    out: dict[str, Any] = {"images": images, "dtypes": {}}
     for kind, allowed in (("labels", (0, 1)), ("labels_obs", (-1, 0, 1))):
         path = folder / formatted_name(split, kind)
         if kind == "labels_obs" and split == "test" and not path.is_file():
@@ -72,6 +76,7 @@ def load_formatted(folder: Path, split: str, num_classes: int) -> dict[str, np.n
             r, c = (int(x) for x in np.argwhere(bad)[0])
             raise InputError(f"{path}: row {r}, column {c} is {arr[r, c]}; expected values in {list(allowed)}")
         out[kind] = arr.astype(np.int8)
+        out["dtypes"][kind] = str(arr.dtype)
     return out
 
 
@@ -87,18 +92,26 @@ def prepare_formatted(info: DatasetInfo, req: PrepareRequest) -> PrepareReport:
                         read=FileBytes(images_root / key), origin=str(images_root / key))
             for key, row in zip((str(k) for k in arr["images"]), arr["labels"])
         ]
-    given = {split: arr["labels_obs"] for split, arr in arrays.items()}
+    position = {}  # key → row of the given files (rows dropped by --skip-corrupt shift the table's order)
+    for split, arr in arrays.items():
+        position[split] = {key: i for i, key in enumerate(str(k) for k in arr["images"])}
+        if len(position[split]) != len(arr["images"]):
+            raise InputError(f"{folder / formatted_name(split, 'images')}: an image path appears twice; "
+                             "expected each image once")
 
     def write_given(tmp: Path, table: LabelsTable) -> None:
         (tmp / GIVEN_DIR).mkdir()
-        for split, obs in given.items():
+        kept = {}
+        for split, rows in official_rows(table).items():
+            obs = arrays[split]["labels_obs"]
             if obs is not None:
-                np.save(tmp / GIVEN_DIR / formatted_name(split, "labels_obs"), obs)
-        rows, labels = official_train_labels(table)
+                kept[split] = obs[[position[split][table.key[r]] for r in rows]]
+                np.save(tmp / GIVEN_DIR / formatted_name(split, "labels_obs"), kept[split])
+        rows = official_rows(table)["train"]
         train = table.split[rows] == "train"
         params = {"regime": GIVEN_REGIME, "source": str((folder / formatted_name("train", "labels_obs")).resolve()),
-                  "equals_spml": bool(np.array_equal(given["train"], single_positive(labels)))}
-        write_observations(tmp, Observations.from_matrix(GIVEN_REGIME, params, rows[train], given["train"][train]))
+                  "equals_spml": bool(np.array_equal(kept["train"], single_positive(table.matrix(rows))))}
+        write_observations(tmp, Observations.from_matrix(GIVEN_REGIME, params, rows[train], kept["train"][train]))
 
     source = {
         "layout": "formatted",
@@ -108,9 +121,17 @@ def prepare_formatted(info: DatasetInfo, req: PrepareRequest) -> PrepareReport:
         "class_list": info.class_list,
         "empty_labels": "kept",
         "given_labels_obs": f"{GIVEN_DIR}/formatted_{{train,val}}_labels_obs.npy (int8)",
+        "formatted_dtypes": arrays["train"]["dtypes"],
     }
     return write_from_source(req, info.formatted_name, classes, items["train"], items["test"], source,
                              extra_regimes=write_given)
+
+
+def official_rows(table: LabelsTable) -> dict[str, np.ndarray]:
+    """Rows of the official train split (train ∪ val) and of the test split, each in source order."""
+    test = table.rows_of("test")
+    return {"train": official_train_labels(table)[0],
+            "test": test[np.argsort(table.source_index[test], kind="stable")]}
 
 
 def _regime_matrices(root: Path, table: LabelsTable, regime: str, official: dict[str, np.ndarray]) -> dict:
@@ -146,28 +167,27 @@ def export_formatted(dataset: Path, out: Path, regime: str | None = None, overwr
 
     train ∪ val rows in source order → `formatted_train_*`, test rows → `formatted_val_*`; images are
     the paths relative to the images folder recorded in dataset.json; labels and observations are
-    float64 as the literature's files are. `regime` defaults to `spml-given` where it exists, else `spml`.
+    in the dtypes of the imported files (float64 when the dataset was not imported, as the literature's VOC,
+    COCO and NUS files are). `regime` defaults to `spml-given` where it exists, else `spml`.
     """
     ds = open_dataset(dataset)
     table, meta = ds.labels, ds.meta
     patterns = meta.source.get("image_paths") or {}
     regime = regime or (GIVEN_REGIME if GIVEN_REGIME in meta.regimes else "spml")
-    train_rows, _ = official_train_labels(table)
-    test_rows = table.rows_of("test")
-    test_rows = test_rows[np.argsort(table.source_index[test_rows], kind="stable")]
-    official = {"train": train_rows, "test": test_rows}
+    official = official_rows(table)
     for split, rows in official.items():
         if len(rows) and not patterns.get(split):
             raise InputError(f"{Path(dataset) / 'dataset.json'}: no image path pattern for the {split} split "
                              "(source.image_paths); export-formatted needs one (the image file names follow no "
                              "single pattern, or the dataset predates it)")
     observed = _regime_matrices(Path(dataset), table, regime, official)
+    dtypes = meta.source.get("formatted_dtypes") or {}
     with atomic_folder(Path(out), overwrite=overwrite) as tmp:
         for split, rows in official.items():
             paths = np.array([patterns[split].format(key=table.key[r]) for r in rows], dtype=str)
             np.save(tmp / formatted_name(split, "images"), paths)
-            np.save(tmp / formatted_name(split, "labels"), table.matrix(rows).astype(np.float64))
-            np.save(tmp / formatted_name(split, "labels_obs"), observed[split].astype(np.float64))
+            for kind, matrix in (("labels", table.matrix(rows)), ("labels_obs", observed[split])):
+                np.save(tmp / formatted_name(split, kind), matrix.astype(dtypes.get(kind, DEFAULT_DTYPE)))
     counts = {FILE_SPLITS[s]: len(r) for s, r in official.items()}
     log.info("exported %s (%s, regime %s) → %s", meta.name, counts, regime, out)
     return {"out": Path(out), "regime": regime, "images_root": meta.source.get("images_root"), "counts": counts}
