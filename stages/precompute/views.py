@@ -1,0 +1,206 @@
+"""Stage-one views of an image (SPEC.md 4.1): the global view and g×g jittered tiles, per augment seed.
+
+For augment seed e and row i every random choice comes from one generator seeded by (e, i), so a
+rerun, another worker count or another rank count gives the same views. The draws happen in a fixed
+order whatever the switches are (tile overlaps, then one flip per view, then the weak augmentation),
+so turning flips off, or r_max to 0, changes nothing else.
+
+Views are made in DataLoader workers as uint8 arrays (cheap to pass between processes) and
+normalised in the main process on the whole batch at once (`normalize_views`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from schemas.errors import InputError
+
+# open_clip.constants, copied so that making views never imports open_clip (DataLoader workers)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "clip": (CLIP_MEAN, CLIP_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+# weak augmentation T(·) of SPEC.md 4.1: each operation is applied independently with this probability
+WEAK_AUG_P = 0.2
+WEAK_AUG_ROTATION = 15.0
+WEAK_AUG_JITTER = 0.2
+WEAK_AUG_SHARPNESS = 2.0  # as torchvision's RandomAdjustSharpness(sharpness_factor=2)
+
+
+@dataclass(frozen=True)
+class ViewCfg:
+    """View settings; all of them change the teacher's input and are recorded in the store.
+
+    Attributes:
+        grid: g, tiles per side (V = 1 + g² views).
+        overlap: r_max; per tile and axis r ~ U(0, r_max), overlap = r · tile size (0: released code).
+        flip: random horizontal flip drawn per view.
+        normalize: 'clip' (CLIP mean/std, default) or 'imagenet' (the released code's statistics).
+        image_size: side of every view after resizing (the teacher's input size).
+        interpolation: resampling filter of the resize ('bicubic', 'bilinear', 'nearest').
+        weak_aug: the weak augmentation T(·) (rotation, colour jitter, sharpness, autocontrast).
+    """
+
+    grid: int = 4
+    overlap: float = 0.2
+    flip: bool = True
+    normalize: str = "clip"
+    image_size: int = 224
+    interpolation: str = "bicubic"
+    weak_aug: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, int) or not 1 <= self.grid <= 16:
+            raise InputError(f"--grid must be an integer in [1, 16], got {self.grid!r}")
+        if not 0.0 <= float(self.overlap) <= 0.5:
+            raise InputError(f"--overlap (r_max) must be in [0, 0.5], got {self.overlap!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise InputError(f"--normalize must be one of {sorted(NORMALIZATIONS)}, got {self.normalize!r}")
+        if not isinstance(self.image_size, int) or self.image_size < 8:
+            raise InputError(f"--image-size must be an integer ≥ 8, got {self.image_size!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(f"--interpolation must be one of {list(INTERPOLATIONS)}, got {self.interpolation!r}")
+
+    @property
+    def num_views(self) -> int:
+        return 1 + self.grid * self.grid
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overlap"] = float(self.overlap)
+        d["order"] = "global, then tiles row-major"
+        d["weak_aug_p"] = WEAK_AUG_P if self.weak_aug else 0.0
+        return d
+
+
+@dataclass(frozen=True)
+class ViewParams:
+    """The random draws for one (seed, row).
+
+    Attributes:
+        overlaps: float [g², 2], r of each tile along x and y (already scaled by r_max).
+        flips: bool [V], whether each view is flipped (all False when flips are off).
+        aug: float [V, 8] weak-augmentation draws per view (apply ×4, angle, jitter ×3), or None.
+    """
+
+    overlaps: np.ndarray
+    flips: np.ndarray
+    aug: np.ndarray | None
+
+
+def draw_view_params(seed: int, row: int, cfg: ViewCfg) -> ViewParams:
+    """Every random choice of the views of `row` under augment seed `seed`, in a fixed order."""
+    rng = np.random.default_rng([int(seed), int(row)])
+    tiles = cfg.grid * cfg.grid
+    overlaps = rng.random((tiles, 2)) * float(cfg.overlap)
+    flips = rng.random(cfg.num_views) < 0.5
+    if not cfg.flip:
+        flips = np.zeros_like(flips)
+    aug = None
+    if cfg.weak_aug:
+        apply = rng.random((cfg.num_views, 4)) < WEAK_AUG_P
+        angle = rng.uniform(-WEAK_AUG_ROTATION, WEAK_AUG_ROTATION, (cfg.num_views, 1))
+        jitter = rng.uniform(1 - WEAK_AUG_JITTER, 1 + WEAK_AUG_JITTER, (cfg.num_views, 3))
+        aug = np.concatenate([apply.astype(np.float64), angle, jitter], axis=1)
+    return ViewParams(overlaps, flips, aug)
+
+
+def tile_boxes(width: float, height: float, grid: int, overlaps: np.ndarray) -> np.ndarray:
+    """Boxes (x0, y0, x1, y1) of the g×g tiles in row-major order, clipped to the image (SPEC.md 4.1).
+
+    Tile (x, y) is [x·W/g − o_w, y·H/g − o_h, (x+1)·W/g + o_w, (y+1)·H/g + o_h] with
+    o_w = r_x · W/g and o_h = r_y · H/g, where (r_x, r_y) = overlaps[y·g + x].
+
+    Args:
+        width: image width W in pixels.
+        height: image height H in pixels.
+        grid: g.
+        overlaps: float [g², 2], r per tile along x and y.
+
+    Returns:
+        float64 [g², 4] boxes in pixel coordinates (sub-pixel; the resize samples them exactly).
+    """
+    tw, th = width / grid, height / grid
+    ys, xs = np.divmod(np.arange(grid * grid), grid)
+    ow, oh = overlaps[:, 0] * tw, overlaps[:, 1] * th
+    boxes = np.stack([xs * tw - ow, ys * th - oh, (xs + 1) * tw + ow, (ys + 1) * th + oh], axis=1)
+    return np.clip(boxes, 0.0, [width, height, width, height])
+
+
+def view_boxes(width: float, height: float, grid: int, overlaps: np.ndarray) -> np.ndarray:
+    """Boxes of all V views: the whole image first, then the tiles."""
+    return np.concatenate([[[0.0, 0.0, width, height]], tile_boxes(width, height, grid, overlaps)])
+
+
+def _weak_augment(view: Any, draws: np.ndarray) -> Any:
+    """T(·): rotation ±15°, colour jitter 0.2, sharpness ×2, autocontrast, each with p = 0.2."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    apply, angle, jitter = draws[:4] > 0.5, float(draws[4]), draws[5:8]
+    if apply[0]:
+        view = view.rotate(angle, resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+    if apply[1]:
+        view = ImageEnhance.Brightness(view).enhance(float(jitter[0]))
+        view = ImageEnhance.Contrast(view).enhance(float(jitter[1]))
+        view = ImageEnhance.Color(view).enhance(float(jitter[2]))
+    if apply[2]:
+        view = ImageEnhance.Sharpness(view).enhance(WEAK_AUG_SHARPNESS)
+    if apply[3]:
+        view = ImageOps.autocontrast(view)
+    return view
+
+
+def make_views(image: Any, seed: int, row: int, cfg: ViewCfg) -> np.ndarray:
+    """All views of one image for one augment seed.
+
+    Args:
+        image: a PIL image (converted to RGB here).
+        seed: the augment seed e.
+        row: the image's dataset row.
+        cfg: view settings.
+
+    Returns:
+        uint8 [V, S, S, 3]: global view first, then tiles row-major; each cropped (sub-pixel),
+        resized to S×S, optionally weakly augmented, then optionally flipped.
+    """
+    from PIL import Image
+
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[cfg.interpolation]
+    image = image.convert("RGB")
+    params = draw_view_params(seed, row, cfg)
+    boxes = view_boxes(image.width, image.height, cfg.grid, params.overlaps)
+    size = (cfg.image_size, cfg.image_size)
+    out = np.empty((cfg.num_views, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    for v, box in enumerate(boxes):
+        view = image.resize(size, resample, box=tuple(float(b) for b in box))
+        if params.aug is not None:
+            view = _weak_augment(view, params.aug[v])
+        if params.flips[v]:
+            view = view.transpose(Image.FLIP_LEFT_RIGHT)
+        out[v] = np.asarray(view)
+    return out
+
+
+def normalize_views(views: torch.Tensor, normalize: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [..., S, S, 3] views → normalised float [n, 3, S, S] (one vectorised op per batch).
+
+    Args:
+        views: uint8 tensor whose last three dimensions are (S, S, 3), on any device.
+        normalize: 'clip' or 'imagenet'.
+        dtype: output dtype.
+    """
+    mean, std = NORMALIZATIONS[normalize]
+    x = views.reshape(-1, *views.shape[-3:]).permute(0, 3, 1, 2).to(dtype).div_(255.0)
+    m = torch.tensor(mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s)
