@@ -84,6 +84,9 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         self.amp = self.device.type == "cuda"
+        if self.device.type == "cpu":
+            # leave the DataLoader workers their cores: oversubscribed intra-op threads slow CPU training ~5×
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
         self.ds = open_dataset(Path(cfg.dataset))
         start, stop = self.ds.meta.split_range("train")
         self.train_start, self.n_train = start, stop - start
