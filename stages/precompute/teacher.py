@@ -1,0 +1,484 @@
+"""Stage-one teachers: any open_clip model by name, or the built-in digits teacher, with class prompts (SPEC.md 4).
+
+Weights come from `--pretrained`: an open_clip tag (read from open_clip's own cache: the Hugging Face
+hub cache, or `~/.cache/clip` for URL-only tags), a local weights file, or a local open_clip model
+folder (`open_clip_config.json` + weights); `random` builds randomly initialised weights (seeded; for
+timing only). Everything is resolved to a local file *before* a model is built, so that offline with
+nothing cached the command fails before any work, naming the file it looked for and how to get it.
+Tags that were trained with QuickGELU (e.g. `ViT-B-16` + `openai`) get `force_quick_gelu`.
+
+The model is always built by `open_clip.create_model` (a built-in or registered config name with
+`pretrained=<file>`, or `local-dir:<folder>`), so the digits teacher, a ViT-B-16 weights file and a
+model folder share one loading path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from schemas.errors import InputError
+from stages.precompute.text_noise import TextNoiseCfg, apply_text_noise
+from stages.registry import Registry
+
+log = logging.getLogger(__name__)
+
+PROMPT_TEMPLATE = "a photo of a {name}."
+DEFAULT_MODEL = "ViT-B-16"
+DEFAULT_TAG = "openai"
+RANDOM_WEIGHTS = "random"
+RANDOM_SEED = 0
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
+_FOLDER_WEIGHTS = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """A built-in teacher (one that mlpl can build itself, offline).
+
+    Attributes:
+        name: what `--model` names.
+        description: one line.
+        reference: where the recipe is described.
+        prompt_template: its default prompt template.
+        datasets: prepared datasets (by name) for which it is the default teacher.
+    """
+
+    name: str
+    description: str
+    reference: str
+    prompt_template: str
+    datasets: tuple[str, ...] = ()
+
+
+TEACHERS: Registry[TeacherInfo] = Registry("teacher")
+TEACHERS.register(
+    TeacherInfo(
+        name="digits",
+        description="tiny open_clip CLIP (ModifiedResNet 32 px + 2-layer text) trained on the digits teacher pool",
+        reference="ARCHITECTURE.md, 'The built-in world: digits'; stages/precompute/digits_teacher.py",
+        prompt_template="a photo of the digit {name}.",
+        datasets=("digits",),
+    )
+)
+
+
+def default_teacher_for(dataset_name: str) -> str:
+    """The teacher `precompute-clip` uses when no `--model` is given."""
+    for info in TEACHERS:
+        if dataset_name in info.datasets:
+            return info.name
+    return DEFAULT_MODEL
+
+
+def default_prompt_template(model: str) -> str:
+    return TEACHERS.get(model).prompt_template if model in TEACHERS else PROMPT_TEMPLATE
+
+
+def make_prompts(classes: tuple[str, ...] | list[str], template: str) -> list[str]:
+    """One prompt per class; underscores in class names become spaces (SPEC.md 4)."""
+    try:
+        return [template.format(name=name.replace("_", " ")) for name in classes]
+    except (KeyError, IndexError, ValueError) as e:
+        raise InputError(
+            f"--prompt-template {template!r} is not a valid template ({e}); expected text with one '{{name}}'"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TeacherCfg:
+    """Which teacher, which weights, how its text side is built; resolved once at the CLI boundary.
+
+    Attributes:
+        model: an open_clip model name (built-in or registered config), `local-dir:PATH`, or a built-in
+            teacher name (`digits`).
+        pretrained: open_clip tag, weights file, model folder, or `random`; None: the model's default.
+        prompt_template: per-class prompt with `{name}`; None: the teacher's default.
+        noise: text-embedding noise G(·) (SPEC.md 4.2), or None.
+        precision: 'auto' (bf16 or fp16 autocast on GPU, fp32 on CPU), 'fp32', 'bf16', 'fp16'.
+        device: torch device; None: cuda if available, else cpu.
+        cache_dir: open_clip/Hugging Face download cache (None: their defaults).
+        digits_cache: folder for the built-in digits teacher (None: `$MLPL_CACHE` or ~/.cache/mlpl).
+    """
+
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    prompt_template: str | None = None
+    noise: TextNoiseCfg | None = None
+    precision: str = "auto"
+    device: str | None = None
+    cache_dir: str | None = None
+    digits_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the weights come from, resolved to something `open_clip.create_model` loads locally.
+
+    Attributes:
+        kind: 'tag', 'file', 'folder', 'builtin' or 'random'.
+        model_name: what is passed to `open_clip.create_model` (a config name or `local-dir:PATH`).
+        checkpoint: local weights file passed as `pretrained=` (None for folders and random weights).
+        record: what the store records about the weights (tag, file name, sha256, ...; no paths).
+        force_quick_gelu: the tag's weights were trained with QuickGELU and the config lacks it.
+    """
+
+    kind: str
+    model_name: str
+    checkpoint: str | None
+    record: dict[str, Any]
+    force_quick_gelu: bool = False
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_offline() -> bool:
+    """True when downloads are switched off (HF_HUB_OFFLINE or MLPL_OFFLINE set to 1/true/yes/on)."""
+    flags = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "MLPL_OFFLINE"))
+    return any(v in ("1", "true", "yes", "on") for v in flags)
+
+
+def _folder_weights(folder: Path) -> Path | None:
+    for name in _FOLDER_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for suffix in (".safetensors", ".bin", ".pth", ".pt") for p in folder.glob(f"*{suffix}"))
+    return found[0] if found else None
+
+
+def _resolve_folder(folder: Path, option: str) -> WeightsSource:
+    config = folder / "open_clip_config.json"
+    if not config.is_file():
+        raise InputError(
+            f"{option} {folder}: no {config.name} in this folder; expected an open_clip model folder "
+            "(open_clip_config.json with 'model_cfg', plus a weights file such as open_clip_model.safetensors)"
+        )
+    weights = _folder_weights(folder)
+    if weights is None:
+        raise InputError(
+            f"{option} {folder}: no weights file in this folder; expected one of {list(_FOLDER_WEIGHTS)}"
+        )
+    record = {"kind": "folder", "file": weights.name, "sha256": sha256_file(weights),
+              "config_sha256": sha256_file(config)}
+    return WeightsSource("folder", f"local-dir:{folder.resolve()}", None, record)
+
+
+def _hub_file(hub: str) -> tuple[str, str]:
+    """open_clip's reading of an `hf_hub` entry: 'org/repo/' (default file) or 'org/repo/file'."""
+    from open_clip.constants import HF_WEIGHTS_NAME
+
+    repo, filename = os.path.split(hub)
+    return repo, filename or HF_WEIGHTS_NAME
+
+
+def _safe_alternatives(filename: str) -> list[str]:
+    """The safetensors files open_clip tries before `filename` (as `pretrained._get_safe_alternatives`)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if filename == HF_WEIGHTS_NAME:
+        return [HF_SAFE_WEIGHTS_NAME]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors"]
+    return []
+
+
+def _tag_candidates(pcfg: dict[str, Any], cache_dir: str | None) -> list[tuple[str, str | None]]:
+    """(description, cached path or None) for every place open_clip would read the tag's weights from."""
+    out: list[tuple[str, str | None]] = []
+    if pcfg.get("file"):
+        out.append((pcfg["file"], pcfg["file"] if os.path.isfile(pcfg["file"]) else None))
+    hub = pcfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = _hub_file(hub)
+        for name in _safe_alternatives(filename) + [filename]:
+            got = try_to_load_from_cache(repo_id=repo, filename=name, cache_dir=cache_dir)
+            out.append((f"hf-hub {repo}/{name}", got if isinstance(got, str) else None))
+    url = pcfg.get("url", "")
+    if url:
+        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        out.append((target, target if os.path.isfile(target) else None))
+    return out
+
+
+def _how_to_get(model: str, tag: str, pcfg: dict[str, Any]) -> str:
+    hub = pcfg.get("hf_hub", "")
+    steps = []
+    if hub:
+        repo, filename = _hub_file(hub)
+        steps.append(f"`huggingface-cli download {repo} {filename}` (fills the Hugging Face cache)")
+    if pcfg.get("url"):
+        steps.append(f"download {pcfg['url']} into ~/.cache/clip/")
+    steps.append(f"`python -c \"import open_clip; open_clip.create_model('{model}', pretrained='{tag}')\"`")
+    return (
+        "on a machine with network run " + " or ".join(steps)
+        + ", or pass --pretrained PATH to a local weights file or open_clip model folder"
+    )
+
+
+def _resolve_tag(model: str, tag: str, cache_dir: str | None) -> WeightsSource:
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(model, tag)
+    record = {"kind": "tag", "tag": tag, "source": pcfg.get("hf_hub") or pcfg.get("url") or pcfg.get("file", "")}
+    model_cfg = open_clip.get_model_config(model) or {}
+    quick = bool(pcfg.get("quick_gelu", False)) and not model_cfg.get("quick_gelu", False)
+    if quick:
+        log.info("--pretrained %s was trained with QuickGELU: building %s with force_quick_gelu", tag, model)
+    for key in ("mean", "std", "interpolation"):
+        if key in pcfg:
+            record[key] = list(pcfg[key]) if isinstance(pcfg[key], tuple) else pcfg[key]
+    candidates = _tag_candidates(pcfg, cache_dir)
+    for _, path in candidates:
+        if path:
+            return WeightsSource("tag", model, path, record, quick)
+    looked = "; ".join(desc for desc, _ in candidates) or "(the tag names no file)"
+    if is_offline():
+        raise InputError(
+            f"--pretrained {tag}: weights of {model} are not in the cache and downloads are off "
+            f"(HF_HUB_OFFLINE/MLPL_OFFLINE); looked for {looked}. To get them, {_how_to_get(model, tag, pcfg)}"
+        )
+    log.info("downloading %s weights %r (%s)", model, tag, record["source"])
+    try:
+        path = download_pretrained(pcfg, cache_dir=cache_dir)
+    except Exception as e:  # network errors come in many types
+        raise InputError(
+            f"--pretrained {tag}: weights of {model} are not cached and the download failed "
+            f"({e.__class__.__name__}: {e}); looked for {looked}. To get them, {_how_to_get(model, tag, pcfg)}"
+        ) from None
+    if not path or not os.path.isfile(path):
+        raise InputError(f"--pretrained {tag}: open_clip returned no weights file for {model}; looked for {looked}")
+    return WeightsSource("tag", model, path, record, quick)
+
+
+def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
+    """Resolve `--model`/`--pretrained` to local files, without building a model.
+
+    Raises:
+        InputError: an unknown model or tag, a missing file or folder, or (offline) weights that are
+            not cached: the message names what was looked for and how to get it.
+    """
+    import open_clip
+
+    model, pretrained = cfg.model, cfg.pretrained
+    if model in TEACHERS:
+        if pretrained not in (None, "builtin"):
+            raise InputError(f"--pretrained {pretrained!r}: the built-in teacher {model!r} takes no --pretrained")
+        from stages.precompute import digits_teacher
+
+        root = Path(cfg.digits_cache) if cfg.digits_cache else None
+        folder = digits_teacher.ensure_digits_teacher(root)
+        src = _resolve_folder(folder, "--model digits")
+        return WeightsSource("builtin", src.model_name, None, {**src.record, "kind": "builtin", "name": model})
+    if model.startswith("local-dir:") or (os.sep in model and Path(model).exists()):
+        folder = Path(model.removeprefix("local-dir:"))
+        if not folder.is_dir():
+            raise InputError(f"--model {model}: no such folder; expected an open_clip model folder")
+        return _resolve_folder(folder, "--model")
+    if pretrained and Path(pretrained).is_dir():
+        src = _resolve_folder(Path(pretrained), "--pretrained")
+        cfg_name = open_clip.get_model_config(model.replace("/", "-"))
+        if cfg_name is not None:
+            log.info("--pretrained is a model folder: its own config is used (not the %s config)", model)
+        return src
+    name = model.replace("/", "-")
+    if open_clip.get_model_config(name) is None:
+        import difflib
+
+        known = open_clip.list_models()
+        close = difflib.get_close_matches(name, known + list(TEACHERS.names()), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(
+            f"--model {model!r}: not an open_clip model config nor a built-in teacher. "
+            f"Built-in teachers: {TEACHERS.names()}; open_clip models: {known}{hint}"
+        )
+    if pretrained is None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if not tags:
+            raise InputError(
+                f"--pretrained is required for {name!r} (open_clip has no tag for it): give a weights file, "
+                f"an open_clip model folder, or {RANDOM_WEIGHTS!r}"
+            )
+        pretrained = DEFAULT_TAG if DEFAULT_TAG in tags else tags[0]
+    if pretrained == RANDOM_WEIGHTS:
+        return WeightsSource("random", name, None, {"kind": "random", "torch_seed": RANDOM_SEED})
+    if Path(pretrained).is_file():
+        return WeightsSource("file", name, str(pretrained),
+                             {"kind": "file", "file": Path(pretrained).name, "sha256": sha256_file(pretrained)})
+    if open_clip.get_pretrained_cfg(name, pretrained):
+        return _resolve_tag(name, pretrained, cfg.cache_dir)
+    if os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES):
+        raise InputError(f"--pretrained {pretrained}: no such file or folder; expected a weights file, "
+                         "an open_clip model folder, or an open_clip tag")
+    raise InputError(
+        f"--pretrained {pretrained!r}: not a tag of {name} nor an existing file or folder. "
+        f"Tags of {name}: {open_clip.list_pretrained_tags_by_model(name)}; or {RANDOM_WEIGHTS!r}"
+    )
+
+
+@contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip logs every loading step at INFO on the root logger; keep its warnings only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise InputError(f"--device {device!r}: {e}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {device}: CUDA is not available on this machine")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    """'auto' → bf16 (fp16 where bf16 is unsupported) on GPU, fp32 on CPU; half precision needs a GPU."""
+    if device.type != "cuda":
+        if precision not in ("auto", "fp32"):
+            raise InputError(f"--precision {precision}: half-precision autocast needs a GPU; use fp32 on {device}")
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher in eval mode. Features are L2-normalised float32.
+
+    Attributes:
+        model: the open_clip model.
+        tokenizer: its tokenizer.
+        device: where it runs.
+        precision: 'fp32', 'bf16' or 'fp16' (autocast; weights stay fp32).
+        image_size: the input side the vision tower expects.
+        interpolation: the resampling filter its preprocessing uses.
+        description: what the store records (architecture, config, weights, precision; no paths).
+    """
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    precision: str
+    image_size: int
+    interpolation: str
+    description: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.description["embed_dim"])
+
+    def _autocast(self) -> Any:
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings [len(prompts), D], float32, on the teacher's device."""
+        tokens = self.tokenizer(prompts).to(self.device)
+        with self._autocast():
+            feats = self.model.encode_text(tokens)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image embeddings [n, D], float32, for normalised images [n, 3, S, S]."""
+        with self._autocast():
+            feats = self.model.encode_image(images.to(self.device, non_blocking=True))
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+
+def load_teacher(cfg: TeacherCfg, source: WeightsSource | None = None) -> Teacher:
+    """Build the teacher with `open_clip.create_model` from resolved local weights (`resolve_weights`)."""
+    import open_clip
+
+    source = source or resolve_weights(cfg)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    if source.kind == "random":
+        log.warning("teacher %s with random weights (seed %d): for timing only", source.model_name, RANDOM_SEED)
+        torch.manual_seed(RANDOM_SEED)
+    try:
+        with _quiet_open_clip():
+            model = open_clip.create_model(
+                source.model_name, pretrained=source.checkpoint, force_quick_gelu=source.force_quick_gelu,
+                device=device, cache_dir=cfg.cache_dir, pretrained_text=False,
+            )
+            tokenizer = open_clip.get_tokenizer(source.model_name)
+    except (RuntimeError, ValueError, FileNotFoundError, KeyError) as e:
+        where = source.checkpoint or source.model_name
+        raise InputError(f"--pretrained {where}: open_clip could not load these weights into "
+                         f"{cfg.model!r} ({e.__class__.__name__}: {e})") from None
+    model.eval()
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    size = preprocess.get("size", 224)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    if source.model_name.startswith("local-dir:"):
+        import json
+
+        config = json.loads((Path(source.model_name.removeprefix("local-dir:")) / "open_clip_config.json").read_text())
+        model_cfg = config.get("model_cfg", config)
+    else:
+        model_cfg = open_clip.get_model_config(source.model_name) or {}
+    if source.force_quick_gelu:
+        model_cfg = {**model_cfg, "quick_gelu": True}
+    embed_dim = int(model_cfg.get("embed_dim") or model.text_projection.shape[1])
+    description = {
+        "model": cfg.model,
+        "config": model_cfg,
+        "weights": source.record,
+        "quick_gelu": bool(model_cfg.get("quick_gelu", False)),
+        "precision": precision,
+        "device_type": device.type,
+        "embed_dim": embed_dim,
+        "image_size": size,
+        "open_clip": open_clip.__version__,
+    }
+    return Teacher(model, tokenizer, device, precision, size, str(preprocess.get("interpolation", "bicubic")),
+                   description)
+
+
+def class_text_embeddings(
+    teacher: Teacher, classes: tuple[str, ...], template: str, noise: TextNoiseCfg | None
+) -> tuple[torch.Tensor, list[str]]:
+    """Normalised class text embeddings [C, D] (float32, CPU), noised by G(·) if asked, and the prompts."""
+    prompts = make_prompts(classes, template)
+    emb = teacher.encode_text(prompts).cpu()
+    if noise is not None:
+        emb = apply_text_noise(emb, noise)
+    return emb, prompts
