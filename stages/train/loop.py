@@ -74,8 +74,12 @@ def _split_metrics(m: dict[str, float]) -> run_schema.SplitMetrics:
 class Trainer:
     """One training run in `cfg.out`; `run()` resumes from `last.pt` when it exists."""
 
-    def __init__(self, cfg: TrainCfg, progress: ProgressFn | None = None) -> None:
+    def __init__(self, cfg: TrainCfg, progress: ProgressFn | None = None,
+                 online_sims: Callable[[dict[str, torch.Tensor], int], torch.Tensor] | None = None) -> None:
+        """`online_sims(batch, epoch)`, when given, computes the similarities inside the training step
+        instead of reading them from the store (the reference code's way; kept for comparison only)."""
         self.cfg = cfg
+        self.online_sims = online_sims
         self.out = Path(cfg.out)
         self.progress = progress or (lambda phase, done, total: None)
         self.rank = int(os.environ.get("RANK", 0))
@@ -157,7 +161,7 @@ class Trainer:
                 epoch: int) -> torch.Tensor | None:
         if self.cfg.pseudo == "none":
             return None
-        sims = batch.get("sims")
+        sims = self.online_sims(batch, epoch) if self.online_sims else batch.get("sims")
         pseudo = self.pseudo_info.fn(sims=sims, observed=observed, cfg=self.pseudo_cfg, generator=gen)
         rows = batch["row"] - self.train_start
         if self.cfg.pseudo_mode == "accumulated":
@@ -171,7 +175,8 @@ class Trainer:
         model.train()
         loader = train_loader(
             self.ds, self.observed, self.stream, epoch=epoch - 1, seed=self.cfg.seed,
-            store_path=self.store.path if self.store else None, store_seed_index=self.store_seed_index(epoch),
+            store_path=self.store.path if self.store and not self.online_sims else None,
+            store_seed_index=self.store_seed_index(epoch),
             rank=self.rank, world=self.world,
         )
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
