@@ -478,7 +478,14 @@ def class_text_embeddings(
 ) -> tuple[torch.Tensor, list[str]]:
     """Normalised class text embeddings [C, D] (float32, CPU), noised by G(·) if asked, and the prompts."""
     prompts = make_prompts(classes, template)
-    emb = teacher.encode_text(prompts).cpu()
-    if noise is not None:
-        emb = apply_text_noise(emb, noise)
+    # one thread: a CPU matrix product may split its sums differently with more threads, and the text
+    # embeddings must not depend on the thread count (torchrun gives each rank one thread by default)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        emb = teacher.encode_text(prompts).cpu()
+        if noise is not None:
+            emb = apply_text_noise(emb, noise)
+    finally:
+        torch.set_num_threads(threads)
     return emb, prompts

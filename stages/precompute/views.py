@@ -176,7 +176,8 @@ def make_views(image: Any, seed: int, row: int, cfg: ViewCfg) -> np.ndarray:
     from PIL import Image
 
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[cfg.interpolation]
-    image = image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     params = draw_view_params(seed, row, cfg)
     boxes = view_boxes(image.width, image.height, cfg.grid, params.overlaps)
     size = (cfg.image_size, cfg.image_size)

@@ -1,0 +1,183 @@
+"""`mlpl precompute-clip`, `mlpl inspect`, `mlpl teacher ...`: stage one (teacher similarities into the store)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.app import app
+from schemas.errors import InputError
+
+teacher_app = typer.Typer(help="Built-in teachers: list them, fit one explicitly.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+
+
+def default_workers() -> int:
+    """DataLoader workers when --workers is not given: one per spare core, at most 4 (at least 1)."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+@contextmanager
+def images_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich bar for `progress(phase, images_done, images_total)`: images/s and ETA (rank 0 of a world only)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} images/s" if speed else "… images/s", style="progress.data.speed")
+
+    show = sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), disable=not show,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
+def resolve_dataset(dataset: str, data_root: Path | None) -> Path:
+    """A prepared dataset folder, or a name under --data-root (default `$MLPL_DATA_ROOT`, else ./data)."""
+    from pipeline.commands.train import resolve_dataset_dir
+
+    return resolve_dataset_dir(dataset, data_root)
+
+
+@app.command("precompute-clip")
+def precompute_clip(
+    dataset: Annotated[str, typer.Option(help="Prepared dataset folder, or its name under --data-root.")],
+    out: Annotated[Path, typer.Option(help="Store folder: created, or resumed if it exists with the same settings.")],
+    seeds: Annotated[int, typer.Option(help="Augment seeds S (seeds 0..S-1; one per training epoch).")] = 1,
+    grid: Annotated[int | None, typer.Option(help="Tiles per side g (default: digits 3, cub 5, else 4).")] = None,
+    overlap: Annotated[float, typer.Option(help="r_max: tile overlap r ~ U(0, r_max) per tile and axis.")] = 0.2,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip per view.")] = True,
+    normalize: Annotated[str, typer.Option(help="View normalisation: clip or imagenet.")] = "clip",
+    image_size: Annotated[int | None, typer.Option(help="View side (default: the teacher's input).")] = None,
+    interpolation: Annotated[
+        str | None, typer.Option(help="Resize filter: bicubic, bilinear, nearest (default: the teacher's).")
+    ] = None,
+    weak_aug: Annotated[bool, typer.Option("--weak-aug/--no-weak-aug", help="Weak augmentation T(·).")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="open_clip model name, local-dir:PATH, or 'digits' (default: digits for "
+                                         "the digits world, else ViT-B-16).")
+    ] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="open_clip tag (default openai), weights file, model folder, or 'random'.")
+    ] = None,
+    prompt_template: Annotated[
+        str | None, typer.Option(help="Prompt per class with {name} (default 'a photo of a {name}.').")
+    ] = None,
+    text_noise: Annotated[
+        bool, typer.Option("--text-noise/--no-text-noise", help="Text-embedding noise G(·) (SPEC 4.2).")
+    ] = False,
+    noise_topk: Annotated[int | None, typer.Option(help="G(·) adjacency top-k (default per dataset).")] = None,
+    noise_seed: Annotated[int, typer.Option(help="Seed of G(·)'s weights.")] = 0,
+    keep_embeddings: Annotated[bool, typer.Option(help="Also store the image embeddings (img_emb).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per teacher forward (each gives 1 + g² views).")] = 32,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: spare cores, ≤ 4).")] = None,
+    precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if available).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="open_clip download cache (default: its own).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Where named datasets live.")] = None,
+) -> None:
+    """Run the teacher over the global view and g×g tiles of every train image, for every augment seed."""
+    from schemas.dataset import DatasetMeta
+    from stages.precompute.run import PrecomputeCfg, run_precompute
+    from stages.precompute.teacher import TeacherCfg, default_teacher_for
+
+    if seeds < 1:
+        raise InputError(f"--seeds must be ≥ 1, got {seeds}")
+    ds_dir = resolve_dataset(dataset, data_root)
+    meta = DatasetMeta.from_json(ds_dir / "dataset.json")
+    teacher = TeacherCfg(
+        model=model or default_teacher_for(meta.name), pretrained=pretrained, prompt_template=prompt_template,
+        precision=precision, device=device, cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    cfg = PrecomputeCfg(
+        dataset=ds_dir, out=out, seeds=tuple(range(seeds)), teacher=teacher, grid=grid, overlap=overlap, flip=flip,
+        normalize=normalize, image_size=image_size, interpolation=interpolation, weak_aug=weak_aug,
+        noise=text_noise, noise_topk=noise_topk, noise_seed=noise_seed, batch_size=batch_size,
+        workers=default_workers() if workers is None else workers, keep_embeddings=keep_embeddings,
+    )
+    with images_progress() as bar:
+        report = run_precompute(cfg, progress=bar)
+    if report.rank == 0:
+        rate = report.views / report.seconds if report.seconds > 0 else 0.0
+        typer.echo(
+            f"store {report.store}: {report.tasks_done_before + report.tasks_run * report.world}/{report.tasks_total}"
+            f" tasks done; this run: {report.images} images, {report.views} views, {rate:,.0f} views/s"
+            + (f"; {len(report.corrupt_rows)} corrupt rows" if report.corrupt_rows else "")
+        )
+
+
+@app.command()
+def inspect(
+    store: Annotated[Path, typer.Argument(help="A pseudo-label store from `mlpl precompute-clip`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON summary.")] = False,
+) -> None:
+    """Print a store's attributes, completion and size."""
+    from schemas.store import describe, open_store
+
+    summary = describe(open_store(store))
+    if not as_json:
+        a, done = summary["attributes"], summary["completion"]
+        teacher, views = a["teacher"], a["views"]
+        weights = teacher.get("weights", {})
+        typer.echo(f"store      {summary['path']}")
+        weights_name = weights.get("tag") or weights.get("file") or weights.get("kind")
+        typer.echo(f"dataset    {a['dataset_name']} (fingerprint {a['dataset_fingerprint']}), "
+                   f"{a['num_rows']} train rows, {len(a['classes'])} classes")
+        typer.echo(f"teacher    {teacher.get('model')} weights {weights_name} {weights.get('sha256', '')[:16]} "
+                   f"precision {teacher.get('precision')}")
+        typer.echo(f"views      grid {views['grid']} (V = {1 + views['grid'] ** 2}), overlap {views['overlap']}, "
+                   f"flip {views['flip']}, {views['normalize']}, {views['image_size']} px, "
+                   f"weak-aug {views['weak_aug']}")
+        typer.echo(f"seeds      {a['seeds']}")
+        pct = 100.0 * done["done_tasks"] / max(1, done["total_tasks"])
+        typer.echo(f"completion {done['done_tasks']}/{done['total_tasks']} tasks ({pct:.0f}%), "
+                   f"{summary['corrupt_rows']} corrupt rows")
+        typer.echo(f"size       {summary['size_bytes'] / 2**20:.2f} MiB")
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@teacher_app.command("list")
+def teacher_list() -> None:
+    """List the built-in teachers (any open_clip model name works too)."""
+    from stages.precompute.teacher import TEACHERS
+
+    for info in TEACHERS:
+        typer.echo(f"{info.name:10s} {info.description}  [{info.reference}]")
+    typer.echo("and any open_clip model by name, e.g. --model ViT-B-16 --pretrained openai")
+
+
+@teacher_app.command("fit")
+def teacher_fit(
+    name: Annotated[str, typer.Argument(help="A built-in teacher (see `mlpl teacher list`).")],
+    force: Annotated[bool, typer.Option(help="Fit again even if it is cached.")] = False,
+) -> None:
+    """Fit a built-in teacher now and cache it (otherwise it is fitted on first use)."""
+    from stages.precompute import digits_teacher
+    from stages.precompute.teacher import TEACHERS
+
+    TEACHERS.get(name, option="teacher fit")
+    folder = digits_teacher.ensure_digits_teacher(force=force)
+    metrics = digits_teacher.read_metrics(folder)
+    typer.echo(
+        f"{name} teacher: zero-shot accuracy {metrics['zero_shot_accuracy']:.3f} on held-out single digits "
+        f"(fitted in {metrics['fit_seconds']:.0f} s) → {folder}"
+    )
