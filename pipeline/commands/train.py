@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,25 +30,27 @@ def resolve_dataset_dir(dataset: str, data_root: Path | None) -> Path:
 def train(
     dataset: Annotated[str, typer.Option(help="Prepared dataset folder, or its name under --data-root.")],
     method: Annotated[str, typer.Option(help="Method preset (see `mlpl methods`).")] = "aevlp",
-    pseudo_store: Annotated[Optional[Path], typer.Option(help="Store from `mlpl precompute-clip`.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/<dataset>-<method>-<seed>).")] = None,
-    regime: Annotated[Optional[str], typer.Option(help="Observation regime (default: the method's).")] = None,
-    preset: Annotated[Optional[Path], typer.Option(help="A TOML file overriding the method's preset.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Backbone learning rate.")] = None,
-    head_lr_mult: Annotated[Optional[float], typer.Option(help="Head learning-rate multiplier.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Backbone: resnet50, resnet18, small-cnn.")] = None,
-    backbone_weights: Annotated[Optional[Path], typer.Option(help="Local ImageNet weights file.")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet init.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
-    pseudo: Annotated[Optional[str], typer.Option(help="Pseudo-labeller: damp, vlpl, random, none.")] = None,
-    pseudo_mode: Annotated[Optional[str], typer.Option(help="dynamic, fixed or accumulated.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
+    pseudo_store: Annotated[Path | None, typer.Option(help="Store from `mlpl precompute-clip`.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<dataset>-<method>-<seed>).")] = None,
+    regime: Annotated[str | None, typer.Option(help="Observation regime (default: the method's).")] = None,
+    preset: Annotated[Path | None, typer.Option(help="A TOML file overriding the method's preset.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size per process.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Backbone learning rate.")] = None,
+    head_lr_mult: Annotated[float | None, typer.Option(help="Head learning-rate multiplier.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone: resnet50, resnet18, small-cnn.")] = None,
+    backbone_weights: Annotated[Path | None, typer.Option(help="Local ImageNet weights file.")] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet init.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
+    pseudo: Annotated[str | None, typer.Option(help="Pseudo-labeller: damp, vlpl, random, none.")] = None,
+    pseudo_mode: Annotated[str | None, typer.Option(help="dynamic, fixed or accumulated.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
     seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda.")] = None,
-    max_batches: Annotated[Optional[int], typer.Option(help="Stop each epoch after N batches (smoke runs).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Where named datasets live.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
+    max_batches: Annotated[int | None, typer.Option(help="Stop each epoch after N batches (smoke runs).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Where named datasets live.")] = None,
+    online_teacher: Annotated[bool, typer.Option(
+        help="Run the store's teacher inside every step instead of reading the store (for comparison).")] = False,
 ) -> None:
     """Train a classifier with a method preset; resumes from `last.pt` if the run folder has one."""
     from pipeline.config import resolve_train_cfg
@@ -66,8 +68,15 @@ def train(
         "device": device, "max_batches": max_batches,
     }
     cfg = resolve_train_cfg(method, str(ds_dir), meta.name, str(out), preset, overrides)
+    online = None
+    if online_teacher:
+        from pipeline.online_teacher import make_online_sims
+
+        if cfg.pseudo_store is None:
+            raise InputError("--online-teacher: needs --pseudo-store (its attributes name the teacher and views)")
+        online = make_online_sims(Path(cfg.pseudo_store))
     with progress_bar() as bar:
-        summary = Trainer(cfg, progress=bar).run()
+        summary = Trainer(cfg, progress=bar, online_sims=online).run()
     test = summary.test
     typer.echo(f"{method} on {meta.name}: best epoch {summary.best_epoch}, val mAP {summary.val.map:.2f}"
                + (f", test mAP {test.map:.2f}" if test else "") + f"  → {out}")
@@ -77,8 +86,8 @@ def train(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder from `mlpl train`.")],
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
-    threshold: Annotated[Optional[float], typer.Option(help="Threshold for F1/Hamming (default: the run's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="JSON file to write (default RUN/eval-<split>.json).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Threshold for F1/Hamming (default: the run's).")] = None,
+    out: Annotated[Path | None, typer.Option(help="JSON file to write (default RUN/eval-<split>.json).")] = None,
 ) -> None:
     """Evaluate a run's best checkpoint on a split: print a table and write JSON."""
     from stages.evaluate.report import evaluate_run, format_table

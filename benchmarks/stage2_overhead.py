@@ -1,0 +1,86 @@
+"""Stage-two overhead: one training epoch with DAMP pseudo-labels read from the store, versus the same
+training with no pseudo-labels, versus the teacher run on every view inside the step ("online").
+
+Measured side by side in one process, modes interleaved over several rounds, median epoch time.
+
+    python benchmarks/stage2_overhead.py --dataset DIR --store STORE [--rounds 3] [--image-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import resolve_train_cfg
+from schemas.dataset import DatasetMeta
+from stages.train.loop import Trainer
+from stages.train.losses import EpochState  # noqa: F401  (imported for side effects of the registry)
+from stages.train.models import create_classifier, param_groups
+
+
+def epoch_seconds(trainer: Trainer) -> float:
+    cfg = trainer.cfg
+    torch.manual_seed(0)
+    model, _ = create_classifier(cfg.backbone, trainer.ds.meta.num_classes, pretrained=False)
+    opt = torch.optim.Adam(param_groups(model, cfg.lr, cfg.head_lr_mult))
+    t0 = time.perf_counter()
+    trainer.train_epoch(model, opt, 1, trainer.quality)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", type=Path, required=True)
+    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--backbone", default="small-cnn")
+    ap.add_argument("--no-online", action="store_true", help="skip the online-teacher mode")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+
+    meta = DatasetMeta.from_json(args.dataset / "dataset.json")
+    common = {"image_size": args.image_size, "batch_size": args.batch_size, "backbone": args.backbone,
+              "pretrained": False, "workers": 1, "pseudo_store": str(args.store), "epochs": 1}
+    modes = {
+        "no pseudo-labels": resolve_train_cfg("aevlp", str(args.dataset), meta.name, "/tmp/unused", None,
+                                              {**common, "pseudo": "none"}),
+        "DAMP from store": resolve_train_cfg("aevlp", str(args.dataset), meta.name, "/tmp/unused", None, common),
+    }
+    trainers = {name: Trainer(cfg) for name, cfg in modes.items()}
+    if not args.no_online:
+        from pipeline.online_teacher import make_online_sims
+
+        trainers["online teacher"] = Trainer(modes["DAMP from store"], online_sims=make_online_sims(args.store))
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    epoch_seconds(trainers["no pseudo-labels"])  # warm-up: page cache, lazy imports
+    for _ in range(args.rounds):
+        for name, trainer in trainers.items():
+            times[name].append(epoch_seconds(trainer))
+    base = statistics.median(times["no pseudo-labels"])
+    result = {
+        "dataset": meta.name, "train_rows": meta.splits["train"], "image_size": args.image_size,
+        "batch_size": args.batch_size, "backbone": args.backbone, "rounds": args.rounds,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                   f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "median_epoch_seconds": {k: statistics.median(v) for k, v in times.items()},
+        "ratio_to_no_pseudo": {k: statistics.median(v) / base for k, v in times.items()},
+        "store_teacher": trainers["DAMP from store"].store.attrs.teacher.get("model"),
+        "config": dataclasses.asdict(modes["DAMP from store"]),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

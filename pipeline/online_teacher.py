@@ -1,0 +1,54 @@
+"""The "online" teacher: similarities computed inside each training step, as the reference code does.
+
+Kept only to measure what the cached store saves (`mlpl train --online-teacher`, benchmarks). The
+teacher and its settings (model, grid, normalisation, text embeddings) come from the store's attributes;
+the views are cut from the training batch itself (global view + g×g tiles without overlap), resized to
+the teacher's input and normalised — the teacher runs on B·(1 + g²) views every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from schemas.store import open_store
+from stages.precompute.teacher import TeacherCfg, load_teacher
+from stages.precompute.views import NORMALIZATIONS
+from stages.train.stream import IMAGENET_MEAN, IMAGENET_STD
+
+
+def batch_views(images: torch.Tensor, grid: int, size: int) -> torch.Tensor:
+    """[B, 3, H, W] → [B, 1 + g², 3, size, size]: the global view then the tiles in row-major order."""
+    _, _, height, width = images.shape
+    views = [F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)]
+    for y in range(grid):
+        for x in range(grid):
+            rows = slice(y * height // grid, (y + 1) * height // grid)
+            cols = slice(x * width // grid, (x + 1) * width // grid)
+            tile = images[:, :, rows, cols]
+            views.append(F.interpolate(tile, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.stack(views, dim=1)
+
+
+def make_online_sims(store_path: Path, pretrained: str | None = None) -> Callable[[dict, int], torch.Tensor]:
+    """A `Trainer(online_sims=...)` callback running the store's teacher on every batch."""
+    store = open_store(store_path)
+    attrs = store.attrs
+    teacher = load_teacher(TeacherCfg(model=attrs.teacher["model"], pretrained=pretrained, device="cpu"
+                                      if not torch.cuda.is_available() else None))
+    text = torch.from_numpy(store.text_emb()).to(teacher.device)
+    grid, size = int(attrs.views["grid"]), teacher.image_size
+    mean_in = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
+    std_in = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
+    mean_out, std_out = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in NORMALIZATIONS[attrs.views["normalize"]])
+
+    def sims(batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
+        views = batch_views(batch["image"], grid, size)
+        views = ((views * std_in + mean_in) - mean_out) / std_out  # the stream's normalisation → the teacher's
+        emb = teacher.encode_images(views.flatten(0, 1))
+        return (emb @ text.T).view(views.shape[0], views.shape[1], -1).float().cpu()
+
+    return sims
