@@ -230,3 +230,16 @@ def test_digits_teacher_training_data_is_disjoint_from_held_out_pools():
     assert set(sampler.rendered) == {int(i) for i in pools["teacher"]}
     tile = sampler.sample(3)
     assert tile.shape == (32, 32, 3) and tile.dtype == np.uint8 and tile.max() > 0
+
+
+def test_data_card_records_the_measured_accuracy(digits_cache):
+    """data_cards/digits.md's teacher block agrees with what the cached teacher measured."""
+    card = Path(__file__).resolve().parents[1] / "data_cards" / "digits.md"
+    block = card.read_text().split("```teacher", 1)[1].split("```", 1)[0]
+    fields = dict(line.split(": ", 1) for line in block.strip().splitlines())
+    metrics = digits_teacher.read_metrics(digits_teacher.teacher_dir(digits_cache))
+    recorded = float(fields["teacher_zero_shot_accuracy"])
+    assert recorded >= 0.90
+    # another torch build may round differently; the recipe is the same
+    assert recorded == pytest.approx(metrics["zero_shot_accuracy"], abs=0.02)
+    assert fields["recipe_hash"] == digits_teacher.recipe_hash()
