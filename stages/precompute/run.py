@@ -157,6 +157,15 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local)
 
 
+def shutdown_distributed(info: DistInfo) -> None:
+    """Leave the torchrun world joined by `init_distributed`."""
+    if info.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def _barrier(info: DistInfo) -> None:
     if info.world > 1:
         import torch.distributed as dist
@@ -420,10 +429,23 @@ def run_precompute(cfg: PrecomputeCfg, progress: ProgressFn | None = None, teach
         InputError: bad dataset, options, missing weights (before any work), or an existing store
             built with other settings.
     """
+    dataset = open_dataset(cfg.dataset)
+    # settings that need neither the teacher nor the store fail first, before any work
+    train_tasks(dataset, cfg.seeds)
+    ViewCfg(grid=cfg.grid or 1, overlap=float(cfg.overlap), flip=cfg.flip, normalize=cfg.normalize,
+            image_size=cfg.image_size or 224, interpolation=cfg.interpolation or "bicubic", weak_aug=cfg.weak_aug)
+    resolve_noise_cfg(cfg, dataset)
+    info = init_distributed()
+    try:
+        return _run(cfg, dataset, info, progress, teacher)
+    finally:
+        shutdown_distributed(info)
+
+
+def _run(cfg: PrecomputeCfg, dataset: PreparedDataset, info: DistInfo, progress: ProgressFn | None,
+         teacher: Any) -> PrecomputeReport:
     from stages.precompute.teacher import class_text_embeddings, default_prompt_template, load_teacher, resolve_weights
 
-    dataset = open_dataset(cfg.dataset)
-    info = init_distributed()
     tcfg = cfg.teacher
     if tcfg.device is None and torch.cuda.is_available() and info.world > 1:
         tcfg = replace(tcfg, device=f"cuda:{info.local_rank}")

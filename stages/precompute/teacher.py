@@ -268,7 +268,8 @@ def _resolve_tag(model: str, tag: str, cache_dir: str | None) -> WeightsSource:
     except Exception as e:  # network errors come in many types
         raise InputError(
             f"--pretrained {tag}: weights of {model} are not cached and the download failed "
-            f"({e.__class__.__name__}: {e}); looked for {looked}. To get them, {_how_to_get(model, tag, pcfg)}"
+            f"({e.__class__.__name__}: {e}); looked for {looked}. To get them, {_how_to_get(model, tag, pcfg)} "
+            "(HF_HUB_OFFLINE=1 skips the download attempt)"
         ) from None
     if not path or not os.path.isfile(path):
         raise InputError(f"--pretrained {tag}: open_clip returned no weights file for {model}; looked for {looked}")
