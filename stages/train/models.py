@@ -41,9 +41,9 @@ def _torchvision_resnet(name: str) -> Callable[[], tuple[nn.Module, int]]:
 
 
 class SmallConvNet(nn.Module):
-    """A 4-block CNN for the digits world: fast on CPU, global average pool to 128 features."""
+    """A 4-block CNN for the digits world: fast on CPU, global average pool to 4·width features."""
 
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         chans = [3, width, width * 2, width * 4, width * 4]
@@ -67,7 +67,7 @@ for _info in (
                  _torchvision_resnet("resnet50"), "https://download.pytorch.org/models/resnet50-0676ba61.pth"),
     BackboneInfo("resnet18", "ResNet-18, ImageNet-1k V1 weights", "He et al. 2016", _torchvision_resnet("resnet18"),
                  "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
-    BackboneInfo("small-cnn", "4-block CNN (128 features) for the digits world; no pretrained weights",
+    BackboneInfo("small-cnn", "4-block CNN (64 features) for the digits world; no pretrained weights",
                  "mlpl", _small_cnn),
 ):
     BACKBONES.register(_info)
