@@ -36,3 +36,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(request: pytest.FixtureRequest) -> Path:
+    """The built-in digits teacher's cache, shared across test sessions: fitted at most once."""
+    import os
+
+    from stages.precompute import digits_teacher
+
+    root = Path(os.environ.get("MLPL_TEST_CACHE") or request.config.cache.mkdir("mlpl-cache"))
+    digits_teacher.ensure_digits_teacher(root)
+    return root

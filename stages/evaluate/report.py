@@ -56,6 +56,8 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = N
     columns = columns or tuple(rows[0].keys())
 
     def fmt(k: str, v: Any) -> str:
+        if isinstance(v, float) and v != v:  # NaN: not applicable (e.g. no pseudo-labels)
+            return "—"
         if isinstance(v, float):
             return f"{v:.4f}" if k.startswith("hamming") else f"{v:.2f}"
         return str(v)
