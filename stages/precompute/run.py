@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -515,7 +516,6 @@ def _run_tasks(
         return 0
     by_index = {t.index: t for t in tasks}
     total = sum(t.num_rows for t in tasks)
-    v, c = views.num_views, text_emb.shape[0]
     text = text_emb.to(teacher.device)
     loader = torch.utils.data.DataLoader(
         ViewStream(tasks, views, cfg.batch_size), batch_size=None, num_workers=cfg.workers,
@@ -526,27 +526,47 @@ def _run_tasks(
     images = 0
     if progress:
         progress(PHASE, 0, total)
-    for task_index, rows, batch, ok, last in loader:
-        task = by_index[int(task_index)]
-        if task.index not in sims_buf:
-            sims_buf[task.index] = np.full((task.num_rows, v, c), np.nan, dtype=np.float16)
-            if cfg.keep_embeddings:
-                emb_buf[task.index] = np.full((task.num_rows, v, teacher.embed_dim), np.nan, dtype=np.float16)
-        n_ok = int(ok.sum())
-        if n_ok:
-            keep = rows[ok].numpy() - task.first_row
-            good = batch if n_ok == len(ok) else batch[ok]
-            x = normalize_views(good.to(teacher.device, non_blocking=True), views.normalize)
-            feats = teacher.encode_images(x)
-            sims = (feats @ text.T).view(len(keep), v, c)
-            sims_buf[task.index][keep] = sims.to(torch.float16).cpu().numpy()
-            if cfg.keep_embeddings:
-                emb_buf[task.index][keep] = feats.view(len(keep), v, -1).to(torch.float16).cpu().numpy()
-        images += len(rows)
-        if last:
-            _write_task(store, task, sims_buf.pop(task.index), emb_buf.pop(task.index, None))
-        if progress:
-            progress(PHASE, images, total)
+    # one writer thread: compressing and writing a chunk (then its done mark) overlaps the next forward
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
+        pending: list[Future] = []
+        for task_index, rows, batch, ok, last in loader:
+            images += _teach_batch(task_index, rows, batch, ok, by_index, sims_buf, emb_buf, views, teacher, text, cfg)
+            if last:
+                task = by_index[int(task_index)]
+                for done in [f for f in pending if f.done()]:
+                    done.result()  # a failed write stops the run here
+                    pending.remove(done)
+                pending.append(writer.submit(_write_task, store, task, sims_buf.pop(task.index),
+                                             emb_buf.pop(task.index, None)))
+            if progress:
+                progress(PHASE, images, total)
+        for future in pending:
+            future.result()
     if sims_buf:
         raise RuntimeError(f"tasks {sorted(sims_buf)} ended without their last batch")  # a bug, not bad input
     return images
+
+
+def _teach_batch(
+    task_index: int, rows: torch.Tensor, batch: torch.Tensor, ok: torch.Tensor, by_index: dict[int, Task],
+    sims_buf: dict[int, np.ndarray], emb_buf: dict[int, np.ndarray], views: ViewCfg, teacher: Any,
+    text: torch.Tensor, cfg: PrecomputeCfg,
+) -> int:
+    """Cosines of one batch's views into its task's buffers; returns the number of images."""
+    task = by_index[int(task_index)]
+    v, c = views.num_views, text.shape[0]
+    if task.index not in sims_buf:
+        sims_buf[task.index] = np.full((task.num_rows, v, c), np.nan, dtype=np.float16)
+        if cfg.keep_embeddings:
+            emb_buf[task.index] = np.full((task.num_rows, v, teacher.embed_dim), np.nan, dtype=np.float16)
+    n_ok = int(ok.sum())
+    if n_ok:
+        keep = rows[ok].numpy() - task.first_row
+        good = batch if n_ok == len(ok) else batch[ok]
+        x = normalize_views(good.to(teacher.device, non_blocking=True), views.normalize)
+        feats = teacher.encode_images(x)
+        sims = (feats @ text.T).view(len(keep), v, c)
+        sims_buf[task.index][keep] = sims.to(torch.float16).cpu().numpy()
+        if cfg.keep_embeddings:
+            emb_buf[task.index][keep] = feats.view(len(keep), v, -1).to(torch.float16).cpu().numpy()
+    return len(rows)
