@@ -138,7 +138,7 @@ def test_damp_needs_tiles() -> None:
     ("coco", (0.01, 0.3, 0.5, 3, 0.3)),
     ("nus", (0.01, 0.3, 0.6, 3, 0.2)),
     ("cub", (0.1, 0.005, 0.005, 32, 0.2)),
-    ("digits", (0.01, 0.3, 0.5, 3, 0.3)),
+    ("digits", (0.05, 0.3, 0.3, 3, 0.3)),
 ])
 def test_damp_dataset_defaults(dataset: str, expected: tuple) -> None:
     cfg = create_pseudo_cfg("damp", dataset, {})
