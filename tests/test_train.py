@@ -127,3 +127,18 @@ def test_evaluate_command(digits_small, tmp_path, capsys):
     result = json.loads((out / "eval-test.json").read_text())
     summary = run_schema.read_summary(out)
     assert result["metrics"]["map"] == pytest.approx(summary.test.map, abs=1e-6)
+
+
+def test_torchrun_two_ranks_train(digits_small, tmp_path):
+    """DistributedDataParallel under torchrun on CPU (gloo): equal batches per rank, one summary."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "pipeline.cli", "train",
+           "--dataset", str(digits_small), "--method", "an", "--out", str(out), *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = run_schema.validate(out)
+    assert summary.epochs_run == 2
+    train_rec = [r for r in run_schema.read_metrics(out) if r["split"] == "train"]
+    assert len(train_rec) == 2  # rank 0 alone writes the log

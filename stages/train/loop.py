@@ -87,6 +87,10 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            # launched by torchrun: one process per GPU (nccl), or per CPU slot (gloo)
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.amp = self.device.type == "cuda"
         if self.device.type == "cpu":
             # leave the DataLoader workers their cores: oversubscribed intra-op threads slow CPU training ~5×
@@ -260,6 +264,8 @@ class Trainer:
             if self.rank == 0:
                 self._save_last(self._state(model, opt, epoch, history))
             log.info("epoch %d: loss %.4f, val mAP %.2f", epoch, loss, val["map"])
+        if self.world > 1:
+            torch.distributed.barrier()  # rank 0 has written best.safetensors
         return self.finish(model, history, weights)
 
     def finish(self, model: Classifier, history: dict[str, Any], weights: str) -> run_schema.RunSummary:
