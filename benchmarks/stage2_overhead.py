@@ -21,7 +21,6 @@ import torch
 from pipeline.config import resolve_train_cfg
 from schemas.dataset import DatasetMeta
 from stages.train.loop import Trainer
-from stages.train.losses import EpochState  # noqa: F401  (imported for side effects of the registry)
 from stages.train.models import create_classifier, param_groups
 
 
@@ -51,8 +50,8 @@ def main() -> None:
     common = {"image_size": args.image_size, "batch_size": args.batch_size, "backbone": args.backbone,
               "pretrained": False, "workers": 1, "pseudo_store": str(args.store), "epochs": 1}
     modes = {
-        "no pseudo-labels": resolve_train_cfg("aevlp", str(args.dataset), meta.name, "/tmp/unused", None,
-                                              {**common, "pseudo": "none"}),
+        # GR is GPR with every pseudo-label undefined: the same training without pseudo-labels
+        "no pseudo-labels": resolve_train_cfg("gr", str(args.dataset), meta.name, "/tmp/unused", None, common),
         "DAMP from store": resolve_train_cfg("aevlp", str(args.dataset), meta.name, "/tmp/unused", None, common),
     }
     trainers = {name: Trainer(cfg) for name, cfg in modes.items()}

@@ -104,6 +104,9 @@ class Trainer:
         self.loss_cfg = create_loss_cfg(cfg.loss, cfg.family, cfg.loss_params)
         self.pseudo_info = PSEUDOLABELLERS.get(cfg.pseudo, option="--pseudo")
         self.pseudo_cfg = create_pseudo_cfg(cfg.pseudo, cfg.family, cfg.pseudo_params)
+        if self.loss_info.needs_pseudo and cfg.pseudo == "none":
+            raise InputError(f"--pseudo none: loss {cfg.loss!r} of method {cfg.method!r} needs pseudo-labels "
+                             f"(choose one of {PSEUDOLABELLERS.names()})")
         self.accumulated = AccumulatedPseudoLabels(self.n_train, self.ds.meta.num_classes)
         self.quality = PseudoLabelQuality(self.n_train, self.ds.meta.num_classes)
         self.stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers)

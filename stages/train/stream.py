@@ -169,7 +169,12 @@ def _decode_raw(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 class EpochLoader:
-    """An iterable over one epoch's batches (collated dicts), exact and equal across ranks."""
+    """An iterable over one epoch's batches (collated dicts), exact and equal across ranks.
+
+    Workers collate their own batches (one inter-process transfer per batch, not per sample); the main
+    process re-cuts them into exactly ceil(num_samples / batch_size) batches, padding a short rank with
+    its first sample (at most one), so every rank takes the same number of steps.
+    """
 
     def __init__(self, pipeline: Any, workers: int, batch_size: int, num_samples: int, drop_last: bool) -> None:
         self.pipeline, self.workers, self.batch_size = pipeline, workers, batch_size
@@ -179,32 +184,45 @@ class EpochLoader:
         n = self.num_samples / self.batch_size
         return int(n) if self.drop_last else math.ceil(n)
 
-    def _samples(self) -> Iterator[dict[str, Any]]:
+    def _parts(self) -> Iterator[dict[str, torch.Tensor]]:
+        batches = self.pipeline.batched(self.batch_size, collation_fn=collate, partial=True)
         loader = torch.utils.data.DataLoader(
-            self.pipeline, batch_size=None, num_workers=self.workers, persistent_workers=False,
+            batches, batch_size=None, num_workers=self.workers, persistent_workers=False,
             prefetch_factor=4 if self.workers else None,
         )
-        first = None
-        count = 0
-        for sample in loader:
-            if count == self.num_samples:
+        count, first = 0, None
+        for part in loader:
+            take = min(len(part["row"]), self.num_samples - count)
+            if take <= 0:
                 break
-            first = first or sample
-            count += 1
-            yield sample
-        while first is not None and count < self.num_samples:  # pad a short rank (at most one sample)
+            if take < len(part["row"]):
+                part = {k: v[:take] for k, v in part.items()}
+            if first is None:
+                first = {k: v[:1] for k, v in part.items()}
+            count += take
+            yield part
+        while first is not None and count < self.num_samples:  # pad a short rank
             count += 1
             yield first
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        batch: list[dict[str, Any]] = []
-        for sample in self._samples():
-            batch.append(sample)
-            if len(batch) == self.batch_size:
-                yield collate(batch)
-                batch = []
-        if batch and not self.drop_last:
-            yield collate(batch)
+        size = self.batch_size
+        pending: list[dict[str, torch.Tensor]] = []
+        n_pending = 0
+        for part in self._parts():
+            if not pending and len(part["row"]) == size:  # the common case: a worker's full batch
+                yield part
+                continue
+            pending.append(part)
+            n_pending += len(part["row"])
+            while n_pending >= size:
+                merged = {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
+                yield {k: v[:size] for k, v in merged.items()}
+                rest = {k: v[size:] for k, v in merged.items()}
+                n_pending -= size
+                pending = [rest] if n_pending else []
+        if n_pending and not self.drop_last:
+            yield {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
 
 
 def train_loader(
