@@ -91,7 +91,7 @@ def measure(name: str, images: int, batch: int, reps: int, args: argparse.Namesp
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS))
-    parser.add_argument("--digits-images", type=int, default=640, help="train images for the digits teacher")
+    parser.add_argument("--digits-images", type=int, default=2560, help="train images for the digits teacher")
     parser.add_argument("--vit-images", type=int, default=8, help="train images for ViT-B-16 (slow on CPU)")
     parser.add_argument("--grid", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=1)

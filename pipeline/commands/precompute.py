@@ -117,10 +117,14 @@ def precompute_clip(
     with images_progress() as bar:
         report = run_precompute(cfg, progress=bar)
     if report.rank == 0:
+        from schemas.store import open_store
+
+        done = int(open_store(report.store).done_matrix().sum())
         rate = report.views / report.seconds if report.seconds > 0 else 0.0
+        share = " (rank 0's share)" if report.world > 1 else ""
         typer.echo(
-            f"store {report.store}: {report.tasks_done_before + report.tasks_run * report.world}/{report.tasks_total}"
-            f" tasks done; this run: {report.images} images, {report.views} views, {rate:,.0f} views/s"
+            f"store {report.store}: {done}/{report.tasks_total} tasks done; this run{share}: {report.images} "
+            f"images, {report.views} views, {rate:,.0f} views/s"
             + (f"; {len(report.corrupt_rows)} corrupt rows" if report.corrupt_rows else "")
         )
 

@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import webdataset as wds  # imported here, so that DataLoader workers inherit it instead of importing it
 
 from schemas.dataset import PreparedDataset, open_dataset
 from schemas.errors import InputError
 from schemas.store import Store, StoreAttrs, create_store, open_store
+from stages.precompute.teacher import TeacherCfg
 from stages.precompute.text_noise import NOISE_TOPK, TextNoiseCfg
 from stages.precompute.views import ViewCfg, make_views, normalize_views
 
@@ -58,7 +60,7 @@ class PrecomputeCfg:
         dataset: the prepared dataset folder.
         out: the store folder (created, or resumed when it exists with the same settings).
         seeds: the augment seeds e (one per training epoch).
-        teacher: which teacher and weights (teacher.TeacherCfg).
+        teacher: which teacher and weights.
         grid: g; None: 3 for digits, 5 for CUB, else 4.
         overlap: r_max.
         flip: random horizontal flip per view.
@@ -77,7 +79,7 @@ class PrecomputeCfg:
     dataset: Path
     out: Path
     seeds: tuple[int, ...]
-    teacher: Any
+    teacher: TeacherCfg
     grid: int | None = None
     overlap: float = 0.2
     flip: bool = True
@@ -237,9 +239,8 @@ class ViewStream(torch.utils.data.IterableDataset):
         for task in tasks:
             yield from self._task_batches(task)
 
-    def _samples(self, task: Task) -> Iterator[tuple[int, np.ndarray | None]]:
-        import webdataset as wds
-
+    def _samples(self, task: Task) -> Iterator[tuple[int, bytes | None]]:
+        """(row, encoded image or None) of every sample of the task's shard, in shard order."""
         stream = wds.WebDataset(
             [task.shard], shardshuffle=False, nodesplitter=None, workersplitter=None,
             handler=wds.warn_and_continue, empty_check=False,
@@ -255,49 +256,49 @@ class ViewStream(torch.utils.data.IterableDataset):
                 log.warning("%s: row %d is outside this shard's rows; skipped", task.shard, row)
                 continue
             data = _image_bytes(sample)
+            if data is None:
+                members = sorted(k for k in sample if not k.startswith("__"))
+                log.warning("%s: row %d has no png/jpg member (members: %s); its similarities stay NaN",
+                            task.shard, row, members)
+            yield row, data
+
+    def _batch(self, task: Task, rows: list[int], images: list[bytes | None], last: bool) -> tuple:
+        """Decode and cut the views of `rows` straight into one shared-memory batch tensor."""
+        v, s = self.views.num_views, self.views.image_size
+        batch = torch.zeros((len(rows), v, s, s, 3), dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            batch.share_memory_()  # made in shared memory, so handing it to the main process copies nothing
+        arr = batch.numpy()
+        ok = np.zeros(len(rows), dtype=bool)
+        for i, (row, data) in enumerate(zip(rows, images)):
+            if data is None:
+                continue
             try:
-                if data is None:
-                    members = sorted(k for k in sample if not k.startswith("__"))
-                    raise ValueError(f"no png/jpg member (members: {members})")
-                views = make_views(_decode(data), task.seed, row, self.views)
+                make_views(_decode(data), task.seed, row, self.views, out=arr[i])
+                ok[i] = True
             except Exception as e:  # PIL raises many types for corrupt data
+                arr[i] = 0
                 log.warning("%s: row %d: image cannot be decoded (%s: %s); skipped, its similarities stay NaN",
                             task.shard, row, e.__class__.__name__, e)
-                views = None
-            yield row, views
+        return task.index, torch.tensor(rows, dtype=torch.int64), batch, torch.from_numpy(ok), last
 
     def _task_batches(self, task: Task) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
-        v, s = self.views.num_views, self.views.image_size
         seen: set[int] = set()
         rows: list[int] = []
-        views: list[np.ndarray | None] = []
-
-        def flush(last: bool) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-            ok = np.array([x is not None for x in views], dtype=bool)
-            arr = np.zeros((len(rows), v, s, s, 3), dtype=np.uint8)
-            for i, x in enumerate(views):
-                if x is not None:
-                    arr[i] = x
-            out = (task.index, torch.as_tensor(np.array(rows, dtype=np.int64)), torch.from_numpy(arr),
-                   torch.from_numpy(ok), last)
-            rows.clear()
-            views.clear()
-            return out
-
-        for row, x in self._samples(task):
+        images: list[bytes | None] = []
+        for row, data in self._samples(task):
             if row in seen:
                 continue
             seen.add(row)
             rows.append(row)
-            views.append(x)
+            images.append(data)
             if len(rows) == self.batch_images:
-                yield flush(False)
+                yield self._batch(task, rows, images, False)
+                rows, images = [], []
         missing = sorted(set(range(task.first_row, task.first_row + task.num_rows)) - seen)
         for row in missing:
             log.warning("%s: row %d is missing from the shard; its similarities stay NaN", task.shard, row)
-        rows.extend(missing)
-        views.extend([None] * len(missing))
-        yield flush(True)
+        yield self._batch(task, rows + missing, images + [None] * len(missing), True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def _weak_augment(view: Any, draws: np.ndarray) -> Any:
     return view
 
 
-def make_views(image: Any, seed: int, row: int, cfg: ViewCfg) -> np.ndarray:
+def make_views(image: Any, seed: int, row: int, cfg: ViewCfg, out: np.ndarray | None = None) -> np.ndarray:
     """All views of one image for one augment seed.
 
     Args:
@@ -168,6 +168,7 @@ def make_views(image: Any, seed: int, row: int, cfg: ViewCfg) -> np.ndarray:
         seed: the augment seed e.
         row: the image's dataset row.
         cfg: view settings.
+        out: where to write them (uint8 [V, S, S, 3]); None: a new array.
 
     Returns:
         uint8 [V, S, S, 3]: global view first, then tiles row-major; each cropped (sub-pixel),
@@ -179,11 +180,12 @@ def make_views(image: Any, seed: int, row: int, cfg: ViewCfg) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     params = draw_view_params(seed, row, cfg)
-    boxes = view_boxes(image.width, image.height, cfg.grid, params.overlaps)
+    boxes = view_boxes(image.width, image.height, cfg.grid, params.overlaps).tolist()
     size = (cfg.image_size, cfg.image_size)
-    out = np.empty((cfg.num_views, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    if out is None:
+        out = np.empty((cfg.num_views, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
     for v, box in enumerate(boxes):
-        view = image.resize(size, resample, box=tuple(float(b) for b in box))
+        view = image.resize(size, resample, box=tuple(box))
         if params.aug is not None:
             view = _weak_augment(view, params.aug[v])
         if params.flips[v]:
