@@ -37,6 +37,8 @@ def make_online_sims(store_path: Path, pretrained: str | None = None) -> Callabl
     """A `Trainer(online_sims=...)` callback running the store's teacher on every batch."""
     store = open_store(store_path)
     attrs = store.attrs
+    if pretrained is None and attrs.teacher.get("weights", {}).get("kind") == "random":
+        pretrained = "random"  # a timing store: the same randomly initialised teacher
     teacher = load_teacher(TeacherCfg(model=attrs.teacher["model"], pretrained=pretrained, device="cpu"
                                       if not torch.cuda.is_available() else None))
     text = torch.from_numpy(store.text_emb()).to(teacher.device)
