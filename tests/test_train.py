@@ -34,7 +34,7 @@ def oracle_store(digits_small, tmp_path_factory) -> Path:
                        views={"grid": 2}, embed_dim=4)
     path = tmp_path_factory.mktemp("store") / "store"
     store = create_store(path, attrs, np.zeros((10, 4), np.float32))
-    sims = 0.2 + 0.05 * y[None, :, None, :] + 0.01 * rng.rand(2, n, 5, 10)
+    sims = 0.2 + 0.3 * y[None, :, None, :] + 0.01 * rng.rand(2, n, 5, 10)
     store.sims[...] = sims.astype(np.float16)
     store.done[...] = 1
     return path
