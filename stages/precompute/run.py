@@ -120,7 +120,11 @@ class Task:
 
 @dataclass
 class PrecomputeReport:
-    """What a run did (this rank's share), for the CLI and the benchmark."""
+    """What a run did (this rank's share), for the CLI and the benchmark.
+
+    `seconds` and `cpu_seconds` cover the task loop only (wall time; CPU time of this process's threads
+    and of its DataLoader workers), not loading the teacher or creating the store.
+    """
 
     store: Path
     tasks_total: int
@@ -129,6 +133,7 @@ class PrecomputeReport:
     images: int
     views: int
     seconds: float
+    cpu_seconds: float = 0.0
     corrupt_rows: list[int] = field(default_factory=list)
     rank: int = 0
     world: int = 1
@@ -411,6 +416,14 @@ def scan_corrupt_rows(store: Store) -> list[int]:
     return rows
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (DataLoader workers)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _write_task(store: Store, task: Task, sims: np.ndarray, emb: np.ndarray | None) -> None:
     stop = task.first_row + task.num_rows
     store.sims[task.seed_index, task.first_row : stop] = sims
@@ -489,9 +502,9 @@ def _run(cfg: PrecomputeCfg, dataset: PreparedDataset, info: DistInfo, progress:
         cfg.out, len(tasks), len(cfg.seeds), len(tasks) // len(cfg.seeds), int(done_before.sum()),
         info.rank, info.world, len(mine),
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     images = _run_tasks(store, mine, views, teacher, text_emb, cfg, progress)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     _barrier(info)
     corrupt: list[int] = []
     if info.rank == 0:
@@ -503,7 +516,7 @@ def _run(cfg: PrecomputeCfg, dataset: PreparedDataset, info: DistInfo, progress:
     _barrier(info)
     return PrecomputeReport(
         store=Path(cfg.out), tasks_total=len(tasks), tasks_done_before=int(done_before.sum()), tasks_run=len(mine),
-        images=images, views=images * views.num_views, seconds=seconds, corrupt_rows=corrupt,
+        images=images, views=images * views.num_views, seconds=seconds, cpu_seconds=cpu, corrupt_rows=corrupt,
         rank=info.rank, world=info.world,
     )
 
