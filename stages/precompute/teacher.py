@@ -28,6 +28,7 @@ import torch
 from schemas.errors import InputError
 from stages.precompute.text_noise import TextNoiseCfg, apply_text_noise
 from stages.registry import Registry
+from stages.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -351,18 +352,6 @@ def _quiet_open_clip() -> Iterator[None]:
         yield
     finally:
         root.setLevel(level)
-
-
-def pick_device(device: str | None) -> torch.device:
-    if device:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as e:
-            raise InputError(f"--device {device!r}: {e}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available on this machine")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pick_precision(precision: str, device: torch.device) -> str:

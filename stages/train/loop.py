@@ -21,6 +21,7 @@ from schemas.errors import InputError
 from schemas.store import Store, check_matches_dataset, open_store
 from stages.evaluate.metrics import evaluate_scores
 from stages.evaluate.pseudo_quality import PseudoLabelQuality
+from stages.runtime import pick_device
 from stages.train.config import TrainCfg, should_stop
 from stages.train.losses import EpochState, create_loss_cfg, get_loss_info
 from stages.train.models import Classifier, create_classifier, param_groups
@@ -37,12 +38,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @torch.no_grad()
