@@ -130,16 +130,24 @@ def tile_boxes(width: float, height: float, grid: int, overlaps: np.ndarray) -> 
     Returns:
         float64 [g², 4] boxes in pixel coordinates (sub-pixel; the resize samples them exactly).
     """
-    tw, th = width / grid, height / grid
-    ys, xs = np.divmod(np.arange(grid * grid), grid)
-    ow, oh = overlaps[:, 0] * tw, overlaps[:, 1] * th
-    boxes = np.stack([xs * tw - ow, ys * th - oh, (xs + 1) * tw + ow, (ys + 1) * th + oh], axis=1)
-    return np.clip(boxes, 0.0, [width, height, width, height])
+    return np.array(_tile_boxes(float(width), float(height), grid, np.asarray(overlaps).tolist()), dtype=np.float64)
 
 
 def view_boxes(width: float, height: float, grid: int, overlaps: np.ndarray) -> np.ndarray:
     """Boxes of all V views: the whole image first, then the tiles."""
     return np.concatenate([[[0.0, 0.0, width, height]], tile_boxes(width, height, grid, overlaps)])
+
+
+def _tile_boxes(width: float, height: float, grid: int, overlaps: list[list[float]]) -> list[list[float]]:
+    # plain floats: for 9–25 tiles this is several times faster than numpy, with the same float64 results
+    tw, th = width / grid, height / grid
+    boxes = []
+    for z, (rx, ry) in enumerate(overlaps):
+        y, x = divmod(z, grid)
+        ow, oh = rx * tw, ry * th
+        boxes.append([min(max(x * tw - ow, 0.0), width), min(max(y * th - oh, 0.0), height),
+                      min(max((x + 1) * tw + ow, 0.0), width), min(max((y + 1) * th + oh, 0.0), height)])
+    return boxes
 
 
 def _weak_augment(view: Any, draws: np.ndarray) -> Any:
@@ -180,17 +188,23 @@ def make_views(image: Any, seed: int, row: int, cfg: ViewCfg, out: np.ndarray | 
     if image.mode != "RGB":
         image = image.convert("RGB")
     params = draw_view_params(seed, row, cfg)
-    boxes = view_boxes(image.width, image.height, cfg.grid, params.overlaps).tolist()
-    size = (cfg.image_size, cfg.image_size)
-    if out is None:
-        out = np.empty((cfg.num_views, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    width, height = float(image.width), float(image.height)
+    boxes = [[0.0, 0.0, width, height]] + _tile_boxes(width, height, cfg.grid, params.overlaps.tolist())
+    side, n_views = cfg.image_size, cfg.num_views
+    # views are pasted into one tall image and converted to numpy once (a conversion per view costs more
+    # than the resize itself at small sizes)
+    strip = Image.new("RGB", (side, side * n_views))
     for v, box in enumerate(boxes):
-        view = image.resize(size, resample, box=tuple(box))
+        view = image.resize((side, side), resample, box=tuple(box))
         if params.aug is not None:
             view = _weak_augment(view, params.aug[v])
         if params.flips[v]:
             view = view.transpose(Image.FLIP_LEFT_RIGHT)
-        out[v] = np.asarray(view)
+        strip.paste(view, (0, v * side))
+    views = np.asarray(strip).reshape(n_views, side, side, 3)
+    if out is None:
+        return views.copy()
+    out[...] = views
     return out
 
 
