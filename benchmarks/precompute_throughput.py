@@ -14,15 +14,20 @@ is recorded too (this process's threads plus its DataLoader workers): its ratio 
 the stage costs beyond the model, whatever else runs; on an idle machine whose cores the model fills,
 the wall-clock ratio tends to it.
 
-Run: python benchmarks/precompute_throughput.py [--teachers digits vit-b-16] [--workers 1]
+Run: python benchmarks/precompute_throughput.py [--teachers digits vit-b-16] [--workers 1 0]
 Results are recorded in benchmarks/RESULTS.md ("Stage one throughput").
 """
 
 from __future__ import annotations
 
+import os
+
+# as `mlpl precompute-clip` does (pipeline.commands.precompute.prefer_passive_openmp), before torch loads;
+# run with OMP_WAIT_POLICY=ACTIVE to measure OpenMP's default spinning instead
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import logging
-import os
 import platform
 import resource
 import shutil
@@ -66,19 +71,20 @@ def bare_rate(teacher: Teacher, views: int, batch_views: int) -> tuple[float, fl
     return done / (time.perf_counter() - start), (cpu_seconds() - cpu) / done * 1e6
 
 
-def stage_rate(teacher: Teacher, name: str, dataset: Path, out: Path, batch: int,
+def stage_rate(teacher: Teacher, name: str, dataset: Path, out: Path, batch: int, workers: int,
                args: argparse.Namespace) -> tuple[float, float, float]:
     """(views/s of the task loop, CPU µs/view of the loop, views/s with store creation) of one fresh run."""
     shutil.rmtree(out, ignore_errors=True)
     cfg = PrecomputeCfg(dataset=dataset, out=out, seeds=tuple(range(args.seeds)), teacher=TEACHERS[name],
-                        grid=args.grid, batch_size=batch, workers=args.workers)
+                        grid=args.grid, batch_size=batch, workers=workers)
     start = time.perf_counter()
     report = run_precompute(cfg, teacher=teacher)
     total = time.perf_counter() - start
     return report.views / report.seconds, report.cpu_seconds / report.views * 1e6, report.views / total
 
 
-def measure(name: str, images: int, batch: int, reps: int, args: argparse.Namespace, tmp: Path) -> dict:
+def measure(name: str, images: int, batch: int, workers: int, reps: int, args: argparse.Namespace,
+            tmp: Path) -> dict:
     """bare, stage, bare, ..., stage, bare; median over the stage runs of stage / mean(neighbouring bare)."""
     dataset = tmp / f"digits-{images}"
     if not dataset.exists():  # the train split is 80% of --size; one shard (store chunk) per 64 rows
@@ -90,18 +96,19 @@ def measure(name: str, images: int, batch: int, reps: int, args: argparse.Namesp
     bare = [bare_rate(teacher, n_views, batch * v)]
     runs = []
     for _ in range(reps):
-        stage, stage_cpu, whole = stage_rate(teacher, name, dataset, tmp / f"store-{name}", batch, args)
+        stage, stage_cpu, whole = stage_rate(teacher, name, dataset, tmp / f"store-{name}", batch, workers, args)
         bare.append(bare_rate(teacher, n_views, batch * v))
         (b0, c0), (b1, c1) = bare[-2], bare[-1]
         runs.append({"stage": stage, "whole": whole, "bare": (b0 + b1) / 2, "ratio": stage / ((b0 + b1) / 2),
                      "stage_cpu": stage_cpu, "bare_cpu": (c0 + c1) / 2, "cpu_ratio": (c0 + c1) / 2 / stage_cpu,
                      "load": os.getloadavg()[0]})
         r = runs[-1]
-        log.warning("%s: stage %.1f views/s between bare %.1f and %.1f: %.2f×; CPU µs/view bare %.0f, stage %.0f: "
-                    "%.2f×; load %.1f", name, stage, b0, b1, r["ratio"], r["bare_cpu"], stage_cpu, r["cpu_ratio"],
-                    r["load"])
+        log.warning("%s, %d workers: stage %.1f views/s between bare %.1f and %.1f: %.2f×; CPU µs/view bare %.0f, "
+                    "stage %.0f: %.2f×; load %.1f", name, workers, stage, b0, b1, r["ratio"], r["bare_cpu"], stage_cpu,
+                    r["cpu_ratio"], r["load"])
     median = sorted(runs, key=lambda r: r["ratio"])[reps // 2]
-    return {"teacher": name, "size": teacher.image_size, "batch": batch, "views": v, "images": images * args.seeds,
+    return {"teacher": name, "workers": workers, "size": teacher.image_size, "batch": batch, "views": v,
+            "images": images * args.seeds,
             "median": median, "ratios": [r["ratio"] for r in runs],
             "cpu_ratio": statistics.median(r["cpu_ratio"] for r in runs),
             "cpu_ratios": [r["cpu_ratio"] for r in runs], "loads": [r["load"] for r in runs]}
@@ -118,7 +125,8 @@ def main() -> None:
     parser.add_argument("--vit-batch-size", type=int, default=4, help="images per forward (× V views), ViT-B-16")
     parser.add_argument("--reps", type=int, default=7, help="stage runs for the digits teacher (median reported)")
     parser.add_argument("--vit-reps", type=int, default=3, help="stage runs for ViT-B-16 (median reported)")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 0],
+                        help="DataLoader workers; the digits teacher is measured with each, ViT-B-16 with the first")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="mlpl-bench-"))
@@ -126,28 +134,32 @@ def main() -> None:
     try:
         for name in args.teachers:
             if name == "digits":
-                rows.append(measure(name, args.digits_images, args.batch_size, args.reps, args, tmp))
+                for workers in args.workers:
+                    rows.append(measure(name, args.digits_images, args.batch_size, workers, args.reps, args, tmp))
             else:
-                rows.append(measure(name, args.vit_images, args.vit_batch_size, args.vit_reps, args, tmp))
+                rows.append(measure(name, args.vit_images, args.vit_batch_size, args.workers[0], args.vit_reps, args,
+                                    tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     device = "GPU" if torch.cuda.is_available() else "no GPU"
     print(f"\nmachine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, DataLoader workers {args.workers}, "
-          f"grid {args.grid}")
-    print("| teacher | input | forward batch (images × views) | images | bare encode_image (views/s) "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, grid {args.grid}")
+    print("| teacher | workers | input | forward batch (images × views) | images | bare encode_image (views/s) "
           "| whole stage (views/s) | stage / bare (wall clock) | bare / stage (CPU time per view) "
           "| stage incl. setup (views/s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["median"]
         spread = ", ".join(f"{x:.2f}" for x in r["ratios"])
         cpu_spread = ", ".join(f"{x:.2f}" for x in r["cpu_ratios"])
-        print(f"| {r['teacher']} | {r['size']} px | {r['batch']} × {r['views']} = {r['batch'] * r['views']} | "
-              f"{r['images']} | {m['bare']:,.1f} | {m['stage']:,.1f} | **{m['ratio']:.2f}** ({spread}) | "
+        batch = f"{r['batch']} × {r['views']} = {r['batch'] * r['views']}"
+        print(f"| {r['teacher']} | {r['workers']} | {r['size']} px | {batch} | {r['images']} | {m['bare']:,.1f} | "
+              f"{m['stage']:,.1f} | **{m['ratio']:.2f}** ({spread}) | "
               f"**{r['cpu_ratio']:.2f}** ({cpu_spread}) | {m['whole']:,.1f} |")
     print("load averages during the stage runs: "
-          + "; ".join(f"{r['teacher']} " + ", ".join(f"{x:.1f}" for x in r["loads"]) for r in rows))
+          + "; ".join(f"{r['teacher']} ({r['workers']} workers) " + ", ".join(f"{x:.1f}" for x in r["loads"])
+                      for r in rows))
 
 
 if __name__ == "__main__":

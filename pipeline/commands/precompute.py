@@ -19,6 +19,18 @@ teacher_app = typer.Typer(help="Built-in teachers: list them, fit one explicitly
 app.add_typer(teacher_app, name="teacher")
 
 
+def prefer_passive_openmp() -> None:
+    """Let OpenMP threads sleep at barriers instead of spinning (unless OMP_WAIT_POLICY is set already).
+
+    On a CPU teacher the DataLoader workers share the cores with the teacher's OpenMP threads; a thread
+    spinning while its partner is preempted by a worker burns the core the worker needs. Measured on a
+    2-core CPU with the digits teacher: the stage went from 0.79× to 0.84× the bare model rate and the bare
+    rate did not move (benchmarks/RESULTS.md). libgomp reads the variable when torch is first imported, so
+    this must run before that; it changes no number, only how idle threads wait.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def default_workers() -> int:
     """DataLoader workers when --workers is not given: one per spare core, at most 4 (at least 1)."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
@@ -96,6 +108,7 @@ def precompute_clip(
     data_root: Annotated[Path | None, typer.Option(help="Where named datasets live.")] = None,
 ) -> None:
     """Run the teacher over the global view and g×g tiles of every train image, for every augment seed."""
+    prefer_passive_openmp()
     from schemas.dataset import DatasetMeta
     from stages.precompute.run import PrecomputeCfg, run_precompute
     from stages.precompute.teacher import TeacherCfg, default_teacher_for
