@@ -142,8 +142,8 @@ def precompute_clip(
         )
 
 
-@app.command()
-def inspect(
+@app.command("inspect")
+def inspect_store(
     store: Annotated[Path, typer.Argument(help="A pseudo-label store from `mlpl precompute-clip`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON summary.")] = False,
 ) -> None:
