@@ -290,3 +290,21 @@ def test_teacher_fit_command_reports_the_cached_teacher(capsys):
     out = capsys.readouterr().out
     assert "zero-shot accuracy 0.9" in out and "digits-" in out
     assert cli("teacher", "fit", "imagenet") == 2
+
+
+def test_view_settings_default_to_the_dataset_and_teacher(dataset, caplog):
+    from types import SimpleNamespace
+
+    from stages.precompute.run import resolve_view_cfg
+    from stages.precompute.views import CLIP_MEAN, CLIP_STD
+
+    teacher = SimpleNamespace(image_size=48, interpolation="bilinear", mean=CLIP_MEAN, std=CLIP_STD)
+    ds = open_dataset(dataset)
+    cfg = PrecomputeCfg(dataset=dataset, out=Path("unused"), seeds=(0,), teacher=TeacherCfg(model="digits"))
+    views = resolve_view_cfg(cfg, ds, teacher)
+    assert (views.grid, views.image_size, views.interpolation, views.normalize) == (3, 48, "bilinear", "clip")
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        resolve_view_cfg(PrecomputeCfg(dataset=dataset, out=Path("unused"), seeds=(0,), grid=4, normalize="imagenet",
+                                       teacher=TeacherCfg(model="digits")), ds, teacher)
+    assert any("--normalize imagenet" in r.getMessage() for r in caplog.records)

@@ -38,7 +38,7 @@ from schemas.errors import InputError
 from schemas.store import Store, StoreAttrs, create_store, open_store
 from stages.precompute.teacher import TeacherCfg
 from stages.precompute.text_noise import NOISE_TOPK, TextNoiseCfg
-from stages.precompute.views import ViewCfg, make_views, normalize_views
+from stages.precompute.views import NORMALIZATIONS, ViewCfg, make_views, normalize_views
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +313,12 @@ def resolve_view_cfg(cfg: PrecomputeCfg, dataset: PreparedDataset, teacher: Any)
     """Fill the view settings left to the dataset (grid) and the teacher (size, interpolation)."""
     name = dataset.meta.name
     grid = cfg.grid if cfg.grid is not None else int(dataset.meta.source.get("cells", DEFAULT_GRID.get(name, 4)))
+    mean, std = NORMALIZATIONS[cfg.normalize]
+    other_mean = bool(teacher.mean) and not np.allclose(teacher.mean, mean, atol=1e-4)
+    other_std = bool(teacher.std) and not np.allclose(teacher.std, std, atol=1e-4)
+    if other_mean or other_std:
+        log.warning("the teacher was trained with mean %s / std %s, the views are normalised with --normalize %s "
+                    "(%s / %s)", list(teacher.mean), list(teacher.std), cfg.normalize, list(mean), list(std))
     return ViewCfg(
         grid=grid, overlap=float(cfg.overlap), flip=cfg.flip, normalize=cfg.normalize,
         image_size=cfg.image_size or teacher.image_size, interpolation=cfg.interpolation or teacher.interpolation,

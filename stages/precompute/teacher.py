@@ -377,6 +377,8 @@ class Teacher:
         image_size: the input side the vision tower expects.
         interpolation: the resampling filter its preprocessing uses.
         description: what the store records (architecture, config, weights, precision; no paths).
+        mean: per-channel mean its weights were trained with (empty if unknown).
+        std: per-channel std its weights were trained with (empty if unknown).
     """
 
     model: Any
@@ -386,6 +388,8 @@ class Teacher:
     image_size: int
     interpolation: str
     description: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
     @property
     def embed_dim(self) -> int:
@@ -448,6 +452,9 @@ def load_teacher(cfg: TeacherCfg, source: WeightsSource | None = None) -> Teache
     if source.force_quick_gelu:
         model_cfg = {**model_cfg, "quick_gelu": True}
     embed_dim = int(model_cfg.get("embed_dim") or model.text_projection.shape[1])
+    # the statistics the weights were trained with: a tag's own (open_clip merges them only when it loads
+    # the tag itself), else the model's preprocessing config
+    trained_with = {key: source.record.get(key, preprocess.get(key)) for key in ("mean", "std", "interpolation")}
     description = {
         "model": cfg.model,
         "config": model_cfg,
@@ -459,8 +466,8 @@ def load_teacher(cfg: TeacherCfg, source: WeightsSource | None = None) -> Teache
         "image_size": size,
         "open_clip": open_clip.__version__,
     }
-    return Teacher(model, tokenizer, device, precision, size, str(preprocess.get("interpolation", "bicubic")),
-                   description)
+    return Teacher(model, tokenizer, device, precision, size, str(trained_with["interpolation"] or "bicubic"),
+                   description, tuple(trained_with["mean"] or ()), tuple(trained_with["std"] or ()))
 
 
 def class_text_embeddings(
