@@ -49,8 +49,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def ensure_world(out: Path, size: int, test_size: int) -> tuple[Path, Path]:
     """The prepared digits world (every regime the benchmarks use) and its store (4 augment seeds, 3×3 grid)."""
-    from pipeline.commands.precompute import precompute_clip
-    from pipeline.commands.prepare import prepare
+    from mlpl.commands.precompute import precompute_clip
+    from mlpl.commands.prepare import prepare
 
     data, store = out / f"data-{size}", out / f"store-{size}"
     if not (data / "dataset.json").exists():
@@ -62,7 +62,7 @@ def ensure_world(out: Path, size: int, test_size: int) -> tuple[Path, Path]:
 def run_entries(data: Path, store: Path, runs: Path, entries: list[Entry], seeds: tuple[int, ...],
                 overrides: dict[str, Any] | None = None) -> list[dict]:
     """Train (or reuse) every entry × seed; one row per run with its test metrics and wall time."""
-    from pipeline.commands.demo import run_methods
+    from mlpl.commands.demo import run_methods
 
     rows = []
     for entry in entries:

@@ -28,7 +28,7 @@ ABLATION_OF = {
     "G2NetPL w/o game penalty (η = 0)": ("G2NetPL", -1.8), "G2NetPL w/o scheduler": ("G2NetPL", -1.2),
     "CDUL w/o local similarity": ("CDUL", -3.2), "CDUL w/o aggregator": ("CDUL", -1.8),
 }
-# SPEC.md 5: the seed paper's MS-COCO claims at 50% partial labels (CDUL unsupervised); CDUL's own paper: 69.2
+# docs/methods.md §5: the seed paper's MS-COCO claims at 50% partial labels (CDUL unsupervised); CDUL's own paper: 69.2
 CLAIMED_50 = {"Full labels (BCE)": "85.2", "PLMCL": "82.3", "G2NetPL": "83.2",
               "CDUL (no labels)": "72.3 (CDUL paper: 69.2)"}
 
@@ -81,7 +81,7 @@ def main() -> None:
     body = "\n\n".join([
         f"`python benchmarks/digits_seed000.py --size {args.size} --seeds {args.seeds} --ablation-seeds "
         f"{args.ablation_seeds}`: the digits world and store of the previous section; partial labels keep each "
-        "cell of the ±1 label matrix with probability ρ (SPEC.md 1.4); CDUL sees no label. Test mAP, mean ± std "
+        "cell of the ±1 label matrix with probability ρ (§1.4); CDUL sees no label. Test mAP, mean ± std "
         f"over {args.seeds} seeds (ablations: {args.ablation_seeds}).",
         "### Table I: partial labels and unsupervised\n\n" + "\n".join(lines),
         "### Table II: ablations (50% labels; CDUL without labels)\n\n" + "\n".join(ablation_lines),

@@ -34,7 +34,7 @@ TABLE_2 = [
     Entry("GPR + LL-Ct", "gpr", {"pseudo": "ll-ct"}),
     Entry("BCE + DAMP", "bce-pl", {"pseudo": "damp"}),
 ]
-# SPEC.md 6, COCO column (for the shape of the comparison; the digits world is not COCO)
+# docs/methods.md §6, COCO column (for the shape of the comparison; the digits world is not COCO)
 REPORTED = {
     "Full labels (BCE)": "76.78", "AN": "64.92", "AN-LS": "67.15", "WAN": "64.8", "EPR": "63.3", "ROLE": "67.04",
     "EM": "70.70", "EM+APL": "70.87", "LL-R": "71.0", "LL-Ct": "70.5", "LL-Cp": "70.7", "BoostLU + LL-R": "72.89",
@@ -80,7 +80,7 @@ def main() -> None:
         f"built-in teacher; store with {4} augment seeds, 3×3 grid; every method with its digits preset "
         "(small-cnn from scratch, Adam 1e-3, batch 32, 10 epochs unless the preset says otherwise; "
         "best-validation checkpoint; test mAP of that checkpoint). Single positive (`spml`) except full-label "
-        "BCE. The last column is SPEC.md 6's COCO number, for the shape of the comparison only.",
+        "BCE. The last column is docs/methods.md §6's COCO number, for the shape of the comparison only.",
         "### Table 1: single-positive methods\n\n" + table(rows, t1, REPORTED),
         "### Table 2: GPR and BCE with each pseudo-label source\n\n" + table(rows, t2, REPORTED) if t2 else "",
         "### Expected shape (the literature's) on the digits world\n\n" + "\n".join(shape_checks(rows)),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-# as `mlpl precompute-clip` does (pipeline.commands.precompute.prefer_passive_openmp), before torch loads;
+# as `mlpl precompute-clip` does (mlpl.commands.precompute.prefer_passive_openmp), before torch loads;
 # run with OMP_WAIT_POLICY=ACTIVE to measure OpenMP's default spinning instead
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from stages.precompute.run import PrecomputeCfg, run_precompute
-from stages.precompute.teacher import Teacher, TeacherCfg, load_teacher
-from stages.precompute.views import normalize_views
-from stages.prepare.datasets import PrepareRequest, prepare_dataset
+from mlpl.stages.precompute.run import PrecomputeCfg, run_precompute
+from mlpl.stages.precompute.teacher import Teacher, TeacherCfg, load_teacher
+from mlpl.stages.precompute.views import normalize_views
+from mlpl.stages.prepare.datasets import PrepareRequest, prepare_dataset
 
 log = logging.getLogger("benchmarks.precompute_throughput")
 

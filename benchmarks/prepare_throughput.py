@@ -29,7 +29,7 @@ SECTION = "## Prepare throughput"
 
 def kept_files(root: Path) -> list[Path]:
     """The image files `prepare` copies: those of images with at least one annotation."""
-    from stages.prepare.coco import image_labels, read_instances
+    from mlpl.stages.prepare.coco import image_labels, read_instances
 
     inst = read_instances(root / "annotations" / "instances_train2017.json")
     return [root / "train2017" / inst.file_names[i] for i in sorted(image_labels(inst))]
@@ -62,7 +62,7 @@ def copy_files(files: list[Path], dest: Path) -> int:
 
 
 def run_prepare(root: Path, out: Path) -> int:
-    from stages.prepare.datasets import PrepareRequest, prepare_dataset
+    from mlpl.stages.prepare.datasets import PrepareRequest, prepare_dataset
 
     report = prepare_dataset("coco", PrepareRequest(out=out, root=root, options={"no_test": True}))
     shutil.rmtree(out)

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from pipeline.config import resolve_train_cfg
-from schemas.dataset import DatasetMeta
-from stages.train.loop import Trainer
-from stages.train.models import create_classifier, param_groups
+from mlpl.config import resolve_train_cfg
+from mlpl.schemas.dataset import DatasetMeta
+from mlpl.stages.train.loop import Trainer
+from mlpl.stages.train.models import create_classifier, param_groups
 
 
 def epoch_seconds(trainer: Trainer) -> float:
@@ -56,7 +55,7 @@ def main() -> None:
     }
     trainers = {name: Trainer(cfg) for name, cfg in modes.items()}
     if not args.no_online:
-        from pipeline.online_teacher import make_online_sims
+        from mlpl.online_teacher import make_online_sims
 
         trainers["online teacher"] = Trainer(modes["DAMP from store"], online_sims=make_online_sims(args.store))
     times: dict[str, list[float]] = {name: [] for name in trainers}

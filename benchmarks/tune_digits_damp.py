@@ -2,7 +2,7 @@
 
 Trains AEVLP (GPR + DAMP) on the digits world for each setting of a small grid and keeps the setting
 with the best validation mAP (the test split is not looked at). The teacher's similarity scale differs
-from CLIP's, so SPEC.md's per-dataset values do not carry over.
+from CLIP's, so docs/methods.md's per-dataset values do not carry over.
 
     python benchmarks/tune_digits_damp.py --dataset DIR --store STORE --out runs/tune [--json FILE]
 """
@@ -14,10 +14,10 @@ import itertools
 import json
 from pathlib import Path
 
-from pipeline.config import resolve_train_cfg
-from schemas import run as run_schema
-from schemas.dataset import DatasetMeta
-from stages.train.loop import Trainer
+from mlpl.config import resolve_train_cfg
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.dataset import DatasetMeta
+from mlpl.stages.train.loop import Trainer
 
 GRID = {"tau": (0.01, 0.05), "zeta_global": (0.3, 0.5), "delta_neg": (0.3, 0.5)}
 FIXED = {"nu": 0.3, "top_k": 3}

@@ -6,8 +6,7 @@ import logging
 import sys
 
 import typer
-
-from schemas.errors import InputError
+from mlpl.schemas.errors import InputError
 
 app = typer.Typer(
     name="mlpl",
@@ -20,7 +19,7 @@ app = typer.Typer(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: an `InputError` becomes a one-line message and exit code 2."""
-    import pipeline.cli  # noqa: F401  (registers every command on `app`)
+    import mlpl.cli  # noqa: F401  (registers every command on `app`)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

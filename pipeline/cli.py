@@ -1,9 +1,9 @@
-"""The `mlpl` command line: every command module registers itself on `pipeline.app.app`."""
+"""The `mlpl` command line: every command module registers itself on `mlpl.app.app`."""
 
 from __future__ import annotations
 
-from pipeline.app import app, main
-from pipeline.commands import demo, methods, precompute, prepare, train  # noqa: F401
+from mlpl.app import app, main
+from mlpl.commands import demo, methods, precompute, prepare, train  # noqa: F401
 
 __all__ = ["app", "main"]
 

@@ -13,10 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import InputError
-from stages.train.config import EARLY_STOP_RULES, TrainCfg
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.config import EARLY_STOP_RULES, TrainCfg
 
-# Which hyperparameter family of SPEC.md a prepared dataset's name belongs to.
+# Which hyperparameter family of docs/methods.md a prepared dataset's name belongs to.
 DATASET_FAMILIES = {"voc2007": "voc", "voc2012": "voc", "voc": "voc", "coco": "coco", "coco2014": "coco",
                     "nus": "nus", "cub": "cub", "digits": "digits"}
 
@@ -52,7 +52,7 @@ def _merge(base: dict[str, Any], layer: dict[str, Any], where: str) -> dict[str,
 
 
 def list_methods() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("pipeline.presets").iterdir()
+    return sorted(p.name[:-5] for p in (resources.files("mlpl") / "presets").iterdir()
                   if p.name.endswith(".toml") and not p.name.startswith("_"))
 
 
@@ -73,10 +73,10 @@ _SHOWN_TRAIN_FIELDS = ("regime", "epochs", "batch_size", "lr", "head_lr_mult", "
 def describe_method(method: str) -> dict[str, Any]:
     """Everything a method binds, resolved per dataset family: training settings and the full typed configs of
     its loss, pseudo-labeller and label state (defaults included), as `mlpl methods` shows them."""
-    from stages.registry import HYPERPARAMETER_DATASETS
-    from stages.train.labelstate import create_label_state_cfg
-    from stages.train.losses import create_loss_cfg
-    from stages.train.pseudolabels import create_pseudo_cfg
+    from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+    from mlpl.stages.train.labelstate import create_label_state_cfg
+    from mlpl.stages.train.losses import create_loss_cfg
+    from mlpl.stages.train.pseudolabels import create_pseudo_cfg
 
     preset = read_preset(method)
     families: dict[str, Any] = {}
@@ -100,7 +100,7 @@ def describe_method(method: str) -> dict[str, Any]:
 
 
 def read_preset(method: str) -> dict[str, Any]:
-    path = resources.files("pipeline.presets") / f"{method}.toml"
+    path = (resources.files("mlpl") / "presets") / f"{method}.toml"
     if not path.is_file():
         import difflib
 
@@ -119,7 +119,7 @@ def resolve_train_cfg(
     overrides: dict[str, Any] | None = None,
 ) -> TrainCfg:
     family = DATASET_FAMILIES.get(dataset_name, "coco")
-    defaults = tomllib.loads((resources.files("pipeline.presets") / "_defaults.toml").read_text())
+    defaults = tomllib.loads(((resources.files("mlpl") / "presets") / "_defaults.toml").read_text())
     preset = read_preset(method)
     d: dict[str, Any] = {}
     d = _merge(d, defaults, "_defaults.toml")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from schemas.store import open_store
-from stages.precompute.teacher import TeacherCfg, load_teacher
-from stages.precompute.views import NORMALIZATIONS
-from stages.train.stream import IMAGENET_MEAN, IMAGENET_STD
+from mlpl.schemas.store import open_store
+from mlpl.stages.precompute.teacher import TeacherCfg, load_teacher
+from mlpl.stages.precompute.views import NORMALIZATIONS
+from mlpl.stages.train.stream import IMAGENET_MEAN, IMAGENET_STD
 
 
 def batch_views(images: torch.Tensor, grid: int, size: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ Row order: the rows of each split are contiguous (train, then val, then test), e
 source's own order. A split therefore starts a new shard, so every shard covers a contiguous row
 range and the pseudo-label store (which covers the train split) can be chunked by whole shards.
 `source_index` keeps the position of a row in its source split file (the official train split is
-`train` ∪ `val`), which is the order the observation regimes of SPEC.md 1.2–1.4 are drawn in.
+`train` ∪ `val`), which is the order the observation regimes of docs/methods.md §1.2–1.4 are drawn in.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from schemas.errors import InputError
-from schemas.labels import SPLITS, Observed
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import SPLITS, Observed
 
 DATASET_SCHEMA = "mlpl.dataset"
 DATASET_SCHEMA_VERSION = 1

@@ -21,7 +21,7 @@ class Pseudo(enum.IntEnum):
     NEGATIVE = -1
 
 
-class Split(str, enum.Enum):
+class Split(str, enum.Enum):  # noqa: UP042  (str() and format() stay "Split.TRAIN")
     """Row splits. `train` and `val` together form the source's official training split."""
 
     TRAIN = "train"

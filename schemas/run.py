@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import InputError
+from mlpl.schemas.errors import InputError
 
 RUN_SCHEMA = "mlpl.run"
 RUN_SCHEMA_VERSION = 1

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import InputError
+from mlpl.schemas.errors import InputError
 
 STORE_SCHEMA = "mlpl.store"
 STORE_SCHEMA_VERSION = 1

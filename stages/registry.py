@@ -10,7 +10,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
-from schemas.errors import InputError
+from mlpl.schemas.errors import InputError
 
 HYPERPARAMETER_DATASETS: tuple[str, ...] = ("voc", "coco", "nus", "cub", "digits")
 """Dataset families with their own hyperparameters (VOC 2007 and 2012 share `voc`)."""

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from schemas.errors import InputError
+from mlpl.schemas.errors import InputError
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -12,7 +12,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def run_cli(args: list[str]) -> int:
     """Run `mlpl ARGS` in-process and return its exit code."""
-    from pipeline.app import main
+    from mlpl.app import main
 
     try:
         main([str(a) for a in args])
@@ -50,9 +50,8 @@ def make_oracle_store(dataset: Path, out: Path, grid: int = 2, seeds: tuple[int,
     """A complete store whose similarities are the labels plus noise (stands in for a teacher): every view
     of an image sees all its digits, at cos 0.5 against 0.2 for absent ones."""
     import numpy as np
-
-    from schemas.dataset import open_dataset
-    from schemas.store import StoreAttrs, create_store
+    from mlpl.schemas.dataset import open_dataset
+    from mlpl.schemas.store import StoreAttrs, create_store
 
     ds = open_dataset(dataset)
     n, c = ds.meta.splits["train"], ds.meta.num_classes
@@ -87,7 +86,7 @@ def teacher_cache(request: pytest.FixtureRequest) -> Path:
     """The built-in digits teacher's cache, shared across test sessions: fitted at most once."""
     import os
 
-    from stages.precompute import digits_teacher
+    from mlpl.stages.precompute import digits_teacher
 
     root = Path(os.environ.get("MLPL_TEST_CACHE") or request.config.cache.mkdir("mlpl-cache"))
     digits_teacher.ensure_digits_teacher(root)

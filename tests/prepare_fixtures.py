@@ -29,7 +29,7 @@ def shard_bytes(root: Path) -> dict[str, bytes]:
     """key → image bytes of a prepared dataset, read back from its shards."""
     import tarfile
 
-    from schemas.dataset import open_dataset
+    from mlpl.schemas.dataset import open_dataset
 
     ds = open_dataset(root)
     out: dict[str, bytes] = {}
@@ -44,7 +44,7 @@ def shard_bytes(root: Path) -> dict[str, bytes]:
 
 def labels_by_key(root: Path) -> dict[str, tuple[str, ...]]:
     """key → class names of a prepared dataset."""
-    from schemas.dataset import read_labels
+    from mlpl.schemas.dataset import read_labels
 
     table = read_labels(root / "labels.parquet")
     return {k: tuple(table.classes[i] for i in lbl) for k, lbl in zip(table.key, table.labels)}
@@ -53,8 +53,7 @@ def labels_by_key(root: Path) -> dict[str, tuple[str, ...]]:
 def official_train_keys(root: Path) -> list[str]:
     """Keys of train ∪ val in source order (the order of the source's official train split)."""
     import numpy as np
-
-    from schemas.dataset import read_labels
+    from mlpl.schemas.dataset import read_labels
 
     table = read_labels(root / "labels.parquet")
     rows = np.flatnonzero(np.isin(table.split, ("train", "val")))
@@ -62,7 +61,7 @@ def official_train_keys(root: Path) -> list[str]:
 
 
 def split_keys(root: Path, split: str) -> list[str]:
-    from schemas.dataset import read_labels
+    from mlpl.schemas.dataset import read_labels
 
     table = read_labels(root / "labels.parquet")
     return [k for k, s in zip(table.key, table.split) if s == split]

@@ -1,4 +1,4 @@
-"""The `apl` label state: asymmetric pseudo-labelling's frozen soft negatives (SPEC.md 3.3)."""
+"""The `apl` label state: asymmetric pseudo-labelling's frozen soft negatives (docs/methods.md §3.3)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.dataset import open_dataset
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
+from mlpl.stages.train.losses import EpochState
 
-from schemas import run as run_schema
-from schemas.dataset import open_dataset
-from schemas.errors import InputError
-from stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
-from stages.train.losses import EpochState
 from tests.conftest import run_cli
 
 N, C = 12, 3
@@ -225,7 +225,7 @@ def test_torchrun_two_ranks_share_one_selection(digits_methods, tmp_path) -> Non
     preset.write_text("[label_state_params]\nwarmup = 1\n")
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29549", "-m", "pipeline.cli", "train",
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29549", "-m", "mlpl.cli", "train",
            "--dataset", str(digits_methods), "--method", "em-apl", "--out", str(out), "--preset", str(preset),
            "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--workers", "1", "--max-batches", "2",
            "--device", "cpu"]

@@ -1,22 +1,22 @@
-"""Data cards agree with the code (registry, class lists, SPEC.md figures) and `mlpl verify` reads them."""
+"""Data cards agree with the code (registry, class lists, docs/methods.md figures) and `mlpl verify` reads them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare import cards, digits
+from mlpl.stages.prepare.datasets import DATASETS
+from mlpl.stages.prepare.sources import CLASSNAMES_DIR, load_classnames
+from mlpl.stages.prepare.writer import validation_split
 
-from schemas.errors import InputError
-from stages.prepare import cards, digits
-from stages.prepare.datasets import DATASETS
-from stages.prepare.sources import CLASSNAMES_DIR, load_classnames
-from stages.prepare.writer import validation_split
 from tests.conftest import run_cli
 
 SHARED_CLASSNAMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "classnames"
 
-# SPEC.md 1.1: expected positives m and the checked split sizes after the hold-out
-SPEC = {
+# docs/methods.md §1.1: expected positives m and the checked split sizes after the hold-out
+LITERATURE = {
     "voc2012": (1.5, {"train": 4574, "val": 1143, "test": 5823}),
     "coco2014": (2.9, {"train": 65665, "val": 16416, "test": 40137}),
     "nus": (1.9, {"train": 120000, "val": 30000, "test": 60260}),
@@ -47,9 +47,9 @@ def test_card_figures(name):
     card = ALL_CARDS[name]
     n = card.splits["train"] + card.splits["val"]
     train, val = validation_split(n)
-    assert (len(train), len(val)) == (card.splits["train"], card.splits["val"])  # SPEC.md 1.3 hold-out
-    if name in SPEC:
-        m, splits = SPEC[name]
+    assert (len(train), len(val)) == (card.splits["train"], card.splits["val"])  # docs/methods.md §1.3 hold-out
+    if name in LITERATURE:
+        m, splits = LITERATURE[name]
         assert card.expected_positives == m
         if splits is not None:
             assert card.splits == splits

@@ -1,4 +1,4 @@
-"""CDUL (SPEC.md 4.4, 5): golden values of the initial pseudo-labels and of one gradient-alignment step,
+"""CDUL (docs/methods.md §4.4, 5): golden values of the initial pseudo-labels and of one gradient-alignment step,
 the label state's hooks, errors, save/load and ablation switches, and its improvement on the digits world."""
 
 from __future__ import annotations
@@ -9,19 +9,18 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from schemas.errors import InputError
-from stages.train.labelstate import LabelStateContext, create_label_state
-from stages.train.labelstate.cdul import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.labelstate import LabelStateContext, create_label_state
+from mlpl.stages.train.labelstate.cdul import (
     Z_MAX,
     CdulCfg,
     cdul_scores,
     gaussian_weight,
     pseudo_label_step,
 )
-from stages.train.losses import EpochState, LossOutput, create_loss_cfg, get_loss_info
+from mlpl.stages.train.losses import EpochState, LossOutput, create_loss_cfg, get_loss_info
 
-# Expected values below are computed here from SPEC.md's formulas with `math`, independently of the code.
+# Expected values below are computed here from docs/methods.md's formulas with `math`, independently of the code.
 
 
 def sig(x: float) -> float:
@@ -43,8 +42,8 @@ TEMPERATURE = 10.0
 
 
 def expected_labels(zeta: float, lam: float, aggregator: bool = True) -> tuple[list[float], list[bool]]:
-    """ŷ of SPEC.md 4.4 for SIMS, and for each class whether ω > ζ took the max branch. The λ term is halved
-    (λ·|S_g − S_agg|/2) so that λ = 1 gives the element-wise max, as SPEC.md 4.4 says it does."""
+    """ŷ of docs/methods.md §4.4 for SIMS, and for each class whether ω > ζ took the max branch. The λ term is halved
+    (λ·|S_g − S_agg|/2) so that λ = 1 gives the element-wise max, as docs/methods.md §4.4 says it does."""
     s = [softmax(row, TEMPERATURE) for row in SIMS]
     s_g, tiles = s[0], s[1:]
     labels, took_max = [], []
@@ -219,7 +218,7 @@ def test_store_grid_mismatch_and_missing_logit_scale_are_refused():
 
 
 def test_ablation_switches_in_the_state_and_presets():
-    from pipeline.config import resolve_train_cfg
+    from mlpl.config import resolve_train_cfg
 
     sims = fake_sims()
     mean = create_label_state("cdul", make_ctx(sims), {"grid": GRID, "aggregator": False}).labels()
@@ -304,19 +303,19 @@ IMPROVEMENT_SEEDS = (0, 1)
     "1,600 train canvases the network stays below them after 10 epochs (78.5) and 30 (90.1) with the default "
     "pseudo-label step, and passes them only with the labels fixed (lr_z = 0) and 30 epochs (95.3)"))
 def test_trained_network_beats_its_initial_pseudo_labels(teacher_cache, tmp_path, monkeypatch):
-    """SPEC's claim for CDUL: the trained network's mAP exceeds the initial pseudo-labels', averaged over seeds.
+    """The paper's claim for CDUL: the trained network's mAP exceeds the initial pseudo-labels', averaged over seeds.
 
     Both are measured on the same images against their full labels: the training images (the initial labels
     exist only for them), the network in eval mode with its best-validation checkpoint.
     """
+    from mlpl.config import resolve_train_cfg
+    from mlpl.schemas import run as run_schema
+    from mlpl.schemas.dataset import open_dataset
+    from mlpl.stages.evaluate.metrics import evaluate_scores
+    from mlpl.stages.train.loop import Trainer, predict
+    from mlpl.stages.train.models import create_classifier
     from safetensors.torch import load_file
 
-    from pipeline.config import resolve_train_cfg
-    from schemas import run as run_schema
-    from schemas.dataset import open_dataset
-    from stages.evaluate.metrics import evaluate_scores
-    from stages.train.loop import Trainer, predict
-    from stages.train.models import create_classifier
     from tests.conftest import run_cli
 
     monkeypatch.setenv("MLPL_CACHE", str(teacher_cache))

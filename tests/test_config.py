@@ -1,14 +1,13 @@
-"""Method presets, typed config resolution, early stopping rules (SPEC.md 1.6), backbones."""
+"""Method presets, typed config resolution, early stopping rules (docs/methods.md §1.6), backbones."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.config import list_methods, resolve_train_cfg
-from schemas.errors import InputError
-from stages.train.config import should_stop
-from stages.train.models import BACKBONES, create_classifier, param_groups
+from mlpl.config import list_methods, resolve_train_cfg
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.config import should_stop
+from mlpl.stages.train.models import BACKBONES, create_classifier, param_groups
 
 
 def test_methods_listed():

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlpl.schemas import dataset as ds_schema
+from mlpl.schemas.labels import Observed
+from mlpl.stages.prepare.observations import single_positive
+from mlpl.stages.prepare.sources import load_classnames
 
-from schemas import dataset as ds_schema
-from schemas.labels import Observed
-from stages.prepare.observations import single_positive
-from stages.prepare.sources import load_classnames
 from tests.conftest import run_cli
 from tests.prepare_fixtures import labels_by_key, official_train_keys, split_keys, tiny_image
 from tests.test_prepare_voc import TEST, TRAIN, write_voc
@@ -29,7 +29,7 @@ def write_formatted(folder: Path, images_root: Path, n_train: int = 12, n_test: 
         labels[np.arange(n), rng.randint(0, C, n)] = 1.0  # VOC rows all have a positive
         if given == "spml":
             obs = single_positive(labels).astype(np.float64)  # what the literature's script writes
-        else:  # any given observations: positives and negatives, not a SPEC 1.2 draw
+        else:  # any given observations: positives and negatives, not a docs/methods.md §1.2 draw
             obs = np.where(rng.random_sample((n, C)) < 0.3, np.where(labels == 1, 1.0, -1.0), 0.0)
         arrays |= {f"formatted_{prefix}_images.npy": names, f"formatted_{prefix}_labels.npy": labels.astype(dtype),
                    f"formatted_{prefix}_labels_obs.npy": obs.astype(dtype)}
@@ -62,7 +62,7 @@ def test_import_then_export_round_trips(tmp_path, given, dtype):
     given_rows = ds.labels.source_index[[pos[r] for r in obs.row]]
     assert np.array_equal(obs.matrix(C), arrays["formatted_train_labels_obs.npy"][given_rows].astype(np.int8))
     assert obs.params["equals_spml"] is (given == "spml")
-    if given == "spml":  # the literature's observations are exactly our SPEC 1.2 draw
+    if given == "spml":  # the literature's observations are exactly our docs/methods.md §1.2 draw
         assert np.array_equal(obs.matrix(C), ds.observations("spml").matrix(C))
     back = tmp_path / "back"
     assert run_cli(["export-formatted", out, "--out", back]) == 0

@@ -1,4 +1,4 @@
-"""Classifier heads (SPEC.md 1.5, 3.5): the registry, the linear head on backbone feature maps, BoostLU."""
+"""Classifier heads (docs/methods.md §1.5, 3.5): the registry, the linear head on backbone feature maps, BoostLU."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import dataclasses
 
 import pytest
 import torch
-from torch import nn
-
-from schemas.errors import InputError
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.models import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.models import (
     HEADS,
     BoostLUHead,
     LinearHead,
@@ -19,6 +17,8 @@ from stages.train.models import (
     get_head_info,
     param_groups,
 )
+from torch import nn
+
 from tests.conftest import run_cli
 
 
@@ -133,12 +133,11 @@ def test_head_parameters_get_the_head_learning_rate() -> None:
 
 
 def test_load_run_model_builds_the_configured_head(digits_small, tmp_path) -> None:
+    from mlpl.schemas import run as run_schema
+    from mlpl.schemas.dataset import open_dataset
+    from mlpl.stages.evaluate.report import load_run_model
+    from mlpl.stages.train.config import TrainCfg
     from safetensors.torch import save_file
-
-    from schemas import run as run_schema
-    from schemas.dataset import open_dataset
-    from stages.evaluate.report import load_run_model
-    from stages.train.config import TrainCfg
 
     classes = open_dataset(digits_small).meta.num_classes
     cfg = TrainCfg(method="boostlu", dataset=str(digits_small), out=str(tmp_path), family="digits",
@@ -158,7 +157,7 @@ TINY = ["--epochs", "1", "--batch-size", "32", "--image-size", "32", "--workers"
 def test_head_option_overrides_the_method_preset(digits_small, tmp_path) -> None:
     import tomllib
 
-    from schemas import run as run_schema
+    from mlpl.schemas import run as run_schema
 
     out = tmp_path / "an-boostlu"
     assert run_cli(["train", "--dataset", digits_small, "--method", "an", "--head", "boostlu", "--out", out,
@@ -171,9 +170,8 @@ def test_head_option_overrides_the_method_preset(digits_small, tmp_path) -> None
 
 
 def test_trained_run_uses_the_configured_head(digits_small, tmp_path) -> None:
+    from mlpl.schemas import run as run_schema
     from safetensors.torch import load_file
-
-    from schemas import run as run_schema
 
     out = tmp_path / "boostlu"
     assert run_cli(["train", "--dataset", digits_small, "--method", "boostlu", "--out", out, *TINY]) == 0

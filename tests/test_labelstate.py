@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from schemas.errors import InputError
-from stages.train.labelstate import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.labelstate import (
     LABEL_STATES,
     LabelState,
     LabelStateContext,

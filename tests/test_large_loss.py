@@ -1,5 +1,5 @@
-"""Large Loss Matters (SPEC.md 3.4): golden values of `ll-r`, `ll-ct`, `ll-cp`, the `ll-cp` label state and the
-`ll-ct` pseudo-labeller (SPEC.md 4.4)."""
+"""Large Loss Matters (docs/methods.md §3.4): golden values of `ll-r`, `ll-ct`, `ll-cp`, the `ll-cp` label state and the
+`ll-ct` pseudo-labeller (docs/methods.md §4.4)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, get_label_state_info
+from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
+from mlpl.stages.train.losses.large_loss import large_loss_count, select_large_losses
+from mlpl.stages.train.pseudolabels import create_pseudo_cfg, get_pseudolabeller_info
 
-from schemas.errors import InputError
-from stages.train.labelstate import LabelStateContext, create_label_state, get_label_state_info
-from stages.train.losses import EpochState, create_loss_cfg, get_loss_info
-from stages.train.losses.large_loss import large_loss_count, select_large_losses
-from stages.train.pseudolabels import create_pseudo_cfg, get_pseudolabeller_info
 from tests.conftest import run_cli
 
-# Expected values are computed here from SPEC.md 3.4 with `math`, independently of the code.
+# Expected values are computed here from docs/methods.md §3.4 with `math`, independently of the code.
 
 
 def softplus(x: float) -> float:
@@ -121,7 +121,8 @@ def test_epoch_1_is_plain_assume_negative_bce(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(MODES))
 def test_spec_delta_epoch_2_selects_the_tie_at_the_largest_unknown_loss(name: str) -> None:
-    # Δ of SPEC.md (0.5 / 0.2 / 0.1 %) on 10 cells: k = 1 at epoch 2, θ = L(1.0), both cells at logit 1.0 selected
+    # Δ of docs/methods.md §3.4 (0.5 / 0.2 / 0.1 %) on 10 cells: k = 1 at epoch 2, θ = L(1.0),
+    # both cells at logit 1.0 selected
     mode, key, _ = MODES[name]
     x, out = run(name, 2)
     selected = {(0, 1), (1, 0)}
@@ -280,7 +281,7 @@ def test_ll_cp_run_keeps_its_corrections_in_last_pt(digits_methods, tmp_path) ->
     flags = state["label_state"]["corrected"]
     # digits Δ = 0.6 % of 32·10 cells: k = ceil(1.92) = 2 per batch of epoch 2, 3 batches
     assert flags.dtype == torch.int8 and flags.sum().item() >= 6
-    from schemas.dataset import open_dataset
+    from mlpl.schemas.dataset import open_dataset
 
     ds = open_dataset(digits_methods)
     start, stop = ds.meta.split_range("train")
@@ -288,7 +289,7 @@ def test_ll_cp_run_keeps_its_corrections_in_last_pt(digits_methods, tmp_path) ->
     observed = np.zeros((stop - start, ds.meta.num_classes), dtype=np.int8)
     observed[obs.row - start] = obs.matrix(ds.meta.num_classes)
     assert (observed[flags.numpy() > 0] == 0).all()  # only unknown cells were corrected
-    from schemas import run as run_schema
+    from mlpl.schemas import run as run_schema
 
     train = [r for r in run_schema.read_metrics(out) if r["split"] == "train"]
     assert [r["state_corrected"] for r in train] == [0.0, float(flags.sum())]
@@ -326,8 +327,8 @@ def test_ll_ct_pseudo_labeller_defaults() -> None:
 
 
 def test_aevlp_with_ll_ct_pseudo_labels_trains(digits_methods, tmp_path) -> None:
-    from schemas import run as run_schema
-    from stages.train.loop import Trainer
+    from mlpl.schemas import run as run_schema
+    from mlpl.stages.train.loop import Trainer
 
     out = tmp_path / "gpr-llct"
     args = ["train", "--dataset", digits_methods, "--method", "aevlp", "--pseudo", "ll-ct", "--out", out,
@@ -339,7 +340,7 @@ def test_aevlp_with_ll_ct_pseudo_labels_trains(digits_methods, tmp_path) -> None
     assert train[0]["pseudo_precision"] == 0.0 and train[0]["pseudo_recall"] == 0.0  # epoch 1: none
 
     # the loop hands the labeller the batch's logits and epoch
-    from pipeline.config import resolve_train_cfg
+    from mlpl.config import resolve_train_cfg
 
     cfg = resolve_train_cfg("aevlp", str(digits_methods), "digits", str(tmp_path / "x"), None,
                             {"pseudo": "ll-ct", "batch_size": 8})

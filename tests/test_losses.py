@@ -1,4 +1,4 @@
-"""Golden-value tests of the losses (SPEC.md 3.1, 3.6, 3.7) and of the loss registry."""
+"""Golden-value tests of the losses (docs/methods.md §3.1, 3.6, 3.7) and of the loss registry."""
 
 from __future__ import annotations
 
@@ -6,18 +6,17 @@ import math
 
 import pytest
 import torch
-
-from schemas.errors import InputError
-from stages.train.losses import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.losses import (
     HYPERPARAMETER_DATASETS,
     LOSSES,
     EpochState,
     create_loss_cfg,
     get_loss_info,
 )
-from stages.train.losses.robust import gr_schedule
+from mlpl.stages.train.losses.robust import gr_schedule
 
-# Expected values below are computed here from SPEC.md's formulas with `math`, independently of the code.
+# Expected values below are computed here from docs/methods.md's formulas with `math`, independently of the code.
 
 
 def sig(x: float) -> float:
@@ -100,7 +99,7 @@ def test_baseline_epsilon_caps_a_confidently_wrong_cell() -> None:
 # --- GR (ε = 1e-7) --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("beta", "epoch", "expected"), [
-    ((0, 2, -2, -2), EpochState(1, 8), (0.0, -2.0, 0.5375, 1.8125)),  # SPEC.md 3.6 worked values, VOC
+    ((0, 2, -2, -2), EpochState(1, 8), (0.0, -2.0, 0.5375, 1.8125)),  # docs/methods.md §3.6 worked values, VOC
     ((0, 2, -2, -2), EpochState(8, 8), (1.75, -2.0, 0.8, 0.5)),
     ((0, 10, -2, -8), EpochState(5, 8), (5.0, -5.0, 0.6875, 1.0625)),  # COCO: (e-1)/T = 1/2, e/T = 5/8
     ((0, 10, -2, -8), EpochState(10, 10), (9.0, -7.4, 0.8, 0.5)),  # NUS/CUB: w, b never reach their ends
@@ -272,8 +271,7 @@ def state_kwargs(info, observed: torch.Tensor, dataset: str = "coco") -> dict:
     if not info.label_states:
         return {}
     import numpy as np
-
-    from stages.train.labelstate import LABEL_STATES, LabelStateContext, create_label_state
+    from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateContext, create_label_state
 
     registered = [name for name in info.label_states if name in LABEL_STATES]
     if not registered:

@@ -1,5 +1,5 @@
-"""Golden-value tests of the baseline losses `an-ls`, `wan`, `epr`, `bce`'s options (SPEC.md 3.1, Cole et al.),
-`partial-bce` (SPEC.md 3.1, Durand et al.), and of the methods that use them."""
+"""Golden-value tests of the baseline losses `an-ls`, `wan`, `epr`, `bce`'s options (docs/methods.md §3.1, Cole et al.),
+`partial-bce` (docs/methods.md §3.1, Durand et al.), and of the methods that use them."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import tomllib
 
 import pytest
 import torch
+from mlpl.config import resolve_train_cfg
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
+from mlpl.stages.train.losses.partial import label_proportion_weight
 
-from pipeline.config import resolve_train_cfg
-from schemas import run as run_schema
-from schemas.errors import InputError
-from stages.train.losses import EpochState, create_loss_cfg, get_loss_info
-from stages.train.losses.partial import label_proportion_weight
 from tests.conftest import run_cli
 
-# Expected values below are computed here from SPEC.md's formulas with `math`, independently of the code.
+# Expected values below are computed here from docs/methods.md's formulas with `math`, independently of the code.
 
 E1 = EpochState(epoch=1, num_epochs=10)
 EPS = 1e-5
@@ -112,7 +112,7 @@ def test_wan_weight_follows_the_number_of_classes_and_needs_two() -> None:
 # --- epr ------------------------------------------------------------------------------------------------
 
 def test_epr_every_label_case_and_regulariser() -> None:
-    # VOC: m = 1.5, C = 4, B = 2; unknown and observed -1 cells have no term (SPEC.md 3.1: "others 0")
+    # VOC: m = 1.5, C = 4, B = 2; unknown and observed -1 cells have no term (docs/methods.md §3.1: "others 0")
     out = run("epr", LOGITS, OBSERVED, pseudo=[[1, 1, 1, 1], [1, 1, 1, 1]])
     regulariser = ((sum(P[0]) + sum(P[1])) / 2 - 1.5) ** 2 / 4 ** 2
     assert regulariser > 1e-3  # a value that the check below can miss
@@ -201,7 +201,7 @@ def g(q: float, a: float = -4.45, b: float = 5.45, gamma: float = 1.0) -> float:
 
 def test_partial_bce_normalisation_constants() -> None:
     assert g(1.0) == pytest.approx(1.0, abs=1e-12)
-    # SPEC.md's rounded a, b give g(0.1) = 5.005 (the exact constants -40/9, 49/9 give 5)
+    # docs/methods.md's rounded a, b give g(0.1) = 5.005 (the exact constants -40/9, 49/9 give 5)
     assert g(0.1) == pytest.approx(5.0, abs=0.01)
     cfg = create_loss_cfg("partial-bce", "cub", {})
     assert (cfg.a, cfg.b, cfg.gamma) == (-4.45, 5.45, 1.0)
@@ -234,7 +234,7 @@ def test_partial_bce_images_with_q_1_half_and_0() -> None:
         [0.0, -g_half * log_p(-0.2), -g_half * log_not_p(0.7), 0.0],
         [0.0, 0.0, 0.0, 0.0],
     ])
-    # total is SPEC.md's per-image loss -(g(q)/C)·Σ_c(...) averaged over the batch
+    # total is docs/methods.md's per-image loss -(g(q)/C)·Σ_c(...) averaged over the batch
     per_image = [
         -(1.0 / 4) * (math.log(p[0][0]) + math.log(1 - p[0][1]) + math.log(p[0][2]) + math.log(1 - p[0][3])),
         -(g_half / 4) * (math.log(p[1][1]) + math.log(1 - p[1][2])),

@@ -1,4 +1,5 @@
-"""Golden-value tests of the entropy family: `em` (SPEC.md 3.1), `em-apl` (SPEC.md 3.3), `vlpl` (SPEC.md 3.8)."""
+"""Golden-value tests of the entropy family: `em` (docs/methods.md §3.1), `em-apl` (docs/methods.md §3.3), `vlpl`
+(docs/methods.md §3.8)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import math
 
 import pytest
 import torch
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
 
-from schemas.errors import InputError
-from stages.train.losses import EpochState, create_loss_cfg, get_loss_info
-
-# Expected values are computed here from SPEC.md's formulas with `math`, independently of the code.
+# Expected values are computed here from docs/methods.md's formulas with `math`, independently of the code.
 EPS = 1e-5
 E1 = EpochState(epoch=1, num_epochs=10)
 

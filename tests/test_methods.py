@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from mlpl.config import list_methods, read_preset, resolve_train_cfg
+from mlpl.schemas import run as run_schema
+from mlpl.stages.train.labelstate import LABEL_STATES
+from mlpl.stages.train.losses import LOSSES
+from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS
 
-from pipeline.config import list_methods, read_preset, resolve_train_cfg
-from schemas import run as run_schema
-from stages.train.labelstate import LABEL_STATES
-from stages.train.losses import LOSSES
-from stages.train.pseudolabels import PSEUDOLABELLERS
 from tests.conftest import METHOD_REGIMES, run_cli
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--image-size", "32", "--workers", "1", "--max-batches", "3"]
@@ -58,7 +58,7 @@ def test_methods_command_json_resolves_every_family(capsys):
     (aevlp,) = json.loads(capsys.readouterr().out)
     assert (aevlp["loss"], aevlp["pseudo"]) == ("gpr", "damp")
     assert set(aevlp["families"]) == {"voc", "coco", "nus", "cub", "digits"}
-    # SPEC.md 3.7's per-dataset values, resolved through the loss's typed config
+    # docs/methods.md §3.7's per-dataset values, resolved through the loss's typed config
     assert aevlp["families"]["voc"]["loss_params"]["eta"] == 0.05
     assert aevlp["families"]["cub"]["loss_params"]["q1"] == 1.5
     assert aevlp["families"]["coco"]["pseudo_params"]["zeta_global"] == 0.5

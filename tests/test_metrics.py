@@ -1,4 +1,4 @@
-"""Tests of the evaluation metrics (SPEC.md §2) against scikit-learn and hand-computed values."""
+"""Tests of the evaluation metrics (docs/methods.md §2) against scikit-learn and hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
-
-from stages.evaluate.metrics import (
+from mlpl.stages.evaluate.metrics import (
     average_precision,
     evaluate_scores,
     mean_average_precision,
     threshold_metrics,
 )
-from stages.evaluate.pseudo_quality import PseudoLabelQuality
+from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
+from sklearn.metrics import average_precision_score
 
 
 def test_average_precision_hand_example_with_ties() -> None:

@@ -1,13 +1,12 @@
-"""Observation regimes (SPEC.md 1.2–1.4) and the validation split (1.3): golden values."""
+"""Observation regimes (docs/methods.md §1.2–1.4) and the validation split (1.3): golden values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from schemas.errors import InputError
-from stages.prepare.observations import parse_regime, partial, single_positive, single_positive_unlabeled
-from stages.prepare.writer import validation_split
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.observations import parse_regime, partial, single_positive, single_positive_unlabeled
+from mlpl.stages.prepare.writer import validation_split
 
 # A hand-made label matrix: rows with several, none, one and all positives.
 Y = np.array(
@@ -17,7 +16,7 @@ Y = np.array(
 
 
 def test_single_positive_golden():
-    # Following SPEC 1.2 with RandomState(1200): row 0 shuffles pos [0,1,4] → [0,4,1] and neg [2,3] → [3,2];
+    # Following docs/methods.md §1.2 with RandomState(1200): row 0 shuffles pos [0,1,4] → [0,4,1] and neg [2,3] → [3,2];
     # row 1 has no positive (nothing consumed) and shuffles its 5 negatives; row 2 has one positive
     # (nothing consumed); row 3 → [0,3,2]; row 4 → [0,3,4,1,2] (no negatives); row 5 → [2,4].
     obs = single_positive(Y)

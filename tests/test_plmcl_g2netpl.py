@@ -1,4 +1,4 @@
-"""PLMCL and G2NetPL label states (SPEC.md 5): update rules by hand, the scheduler, ablations, saving, storage,
+"""PLMCL and G2NetPL label states (docs/methods.md §5): update rules by hand, the scheduler, ablations, saving, storage,
 teacher initialisation, and that both beat AN on a small digits world at 30% partial labels."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mlpl.config import resolve_train_cfg
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.labelstate import LabelStateContext, RowTable, create_label_state
+from mlpl.stages.train.labelstate.g2netpl import game_gradient, game_steps
+from mlpl.stages.train.labelstate.soft_labels import TEACHER_CLIP, confidence_threshold, confidence_weight
+from mlpl.stages.train.losses import EpochState, make_output
 
-from pipeline.config import resolve_train_cfg
-from schemas import run as run_schema
-from schemas.errors import InputError
-from stages.train.labelstate import LabelStateContext, RowTable, create_label_state
-from stages.train.labelstate.g2netpl import game_gradient, game_steps
-from stages.train.labelstate.soft_labels import TEACHER_CLIP, confidence_threshold, confidence_weight
-from stages.train.losses import EpochState, make_output
 from tests.conftest import run_cli
 
 CPU = torch.device("cpu")
@@ -390,7 +390,7 @@ def test_teacher_init_end_to_end_reads_the_store(digits_methods, methods_store, 
     # with the store the labels start from the oracle's global view
     assert run_cli([*base, "--pseudo-store", methods_store, "--out", tmp_path / "run"]) == 0
     assert run_schema.validate(tmp_path / "run").epochs_run == 1
-    from schemas.dataset import open_dataset
+    from mlpl.schemas.dataset import open_dataset
 
     ds = open_dataset(digits_methods)
     z = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["label_state"]["logits"]

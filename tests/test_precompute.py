@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from pipeline.app import main
-from schemas.dataset import open_dataset
-from schemas.errors import InputError
-from schemas.store import open_store
-from stages.precompute.run import PrecomputeCfg, run_precompute
-from stages.precompute.teacher import TeacherCfg, class_text_embeddings, load_teacher
-from stages.precompute.views import make_views, normalize_views
-from stages.prepare.datasets import PrepareRequest, prepare_dataset
+from mlpl.app import main
+from mlpl.schemas.dataset import open_dataset
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.store import open_store
+from mlpl.stages.precompute.run import PrecomputeCfg, run_precompute
+from mlpl.stages.precompute.teacher import TeacherCfg, class_text_embeddings, load_teacher
+from mlpl.stages.precompute.views import make_views, normalize_views
+from mlpl.stages.prepare.datasets import PrepareRequest, prepare_dataset
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 SEEDS = 2
@@ -61,7 +60,7 @@ def cli(*args: str) -> int:
 
 
 def cli_subprocess(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env={**os.environ, **(env or {})},
+    return subprocess.Popen([sys.executable, "-m", "mlpl.cli", *args], env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
@@ -119,7 +118,7 @@ def test_store_holds_the_teachers_cosines(reference, dataset):
 
 
 def ds_views(d: dict):
-    from stages.precompute.views import ViewCfg
+    from mlpl.stages.precompute.views import ViewCfg
 
     return ViewCfg(**{k: d[k] for k in ("grid", "overlap", "flip", "normalize", "image_size", "interpolation",
                                           "weak_aug")})
@@ -164,7 +163,7 @@ def test_a_killed_run_resumes_to_the_same_bytes(reference, dataset, tmp_path):
 def test_torchrun_two_ranks_write_the_same_store(reference, dataset, tmp_path):
     out = tmp_path / "store"
     proc = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "pipeline.cli", "precompute-clip",
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "mlpl.cli", "precompute-clip",
          "--dataset", str(dataset), "--out", str(out), "--seeds", str(SEEDS), "--batch-size", str(BATCH),
          "--workers", "1"],
         capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -292,8 +291,8 @@ def test_teacher_fit_command_reports_the_cached_teacher(capsys):
 def test_view_settings_default_to_the_dataset_and_teacher(dataset, caplog):
     from types import SimpleNamespace
 
-    from stages.precompute.run import resolve_view_cfg
-    from stages.precompute.views import CLIP_MEAN, CLIP_STD
+    from mlpl.stages.precompute.run import resolve_view_cfg
+    from mlpl.stages.precompute.views import CLIP_MEAN, CLIP_STD
 
     teacher = SimpleNamespace(image_size=48, interpolation="bilinear", mean=CLIP_MEAN, std=CLIP_STD)
     ds = open_dataset(dataset)

@@ -1,4 +1,4 @@
-"""COCO converter: SPEC.md 1.1 rules on a fixture in the exact 2014 layout, the real coco128, bad input."""
+"""COCO converter: docs/methods.md §1.1 rules on a fixture in the exact 2014 layout, the real coco128, bad input."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlpl.schemas import dataset as ds_schema
+from mlpl.stages.prepare import coco
 
-from schemas import dataset as ds_schema
-from stages.prepare import coco
 from tests.conftest import run_cli
 from tests.prepare_fixtures import labels_by_key, official_train_keys, shard_bytes, split_keys, tiny_image
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlpl.schemas import dataset as ds_schema
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare import digits
 from PIL import Image
 
-from schemas import dataset as ds_schema
-from schemas.errors import InputError
-from stages.prepare import digits
 from tests.conftest import run_cli
 
 
@@ -75,8 +75,8 @@ def test_observations_cover_train_rows(digits_small):
 
 def test_spml_drawn_in_source_order_before_holdout(digits_small):
     # The single positives of the train rows equal those of the whole official train split drawn in
-    # source order (SPEC 1.2: sampling precedes the validation split).
-    from stages.prepare.observations import official_train_labels, single_positive
+    # source order (docs/methods.md §1.2: sampling precedes the validation split).
+    from mlpl.stages.prepare.observations import official_train_labels, single_positive
 
     ds = ds_schema.open_dataset(digits_small)
     rows, y = official_train_labels(ds.labels)
@@ -134,9 +134,8 @@ def test_typer_usage_error_exits_2(capsys):
 
 
 def test_every_command_has_help(capsys):
+    from mlpl.cli import app
     from typer.main import get_command
-
-    from pipeline.cli import app
 
     cli = get_command(app)
     for name in cli.commands:

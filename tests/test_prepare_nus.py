@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlpl.schemas import dataset as ds_schema
+from mlpl.stages.prepare.sources import load_classnames
 
-from schemas import dataset as ds_schema
-from stages.prepare.sources import load_classnames
 from tests.conftest import run_cli
 from tests.prepare_fixtures import labels_by_key, official_train_keys, shard_bytes, split_keys, tiny_image, write_lines
 

@@ -1,4 +1,4 @@
-"""Golden-value tests of the pseudo-labellers (SPEC.md 4.3, 4.4), their registry and the accumulated union."""
+"""Golden-value tests of the pseudo-labellers (docs/methods.md §4.3, 4.4), their registry and the accumulated union."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
-
-from schemas.errors import InputError
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.losses import EpochState
-from stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg, get_pseudolabeller_info
-from stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
-from stages.train.pseudolabels.damp import damp, damp_scores
+from mlpl.schemas.errors import InputError
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.losses import EpochState
+from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg, get_pseudolabeller_info
+from mlpl.stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
+from mlpl.stages.train.pseudolabels.damp import damp, damp_scores
 
 TAU = 0.01
 

@@ -1,4 +1,4 @@
-"""ROLE (SPEC.md 3.2): the `role` label state (learnable estimator g) and the `role` loss."""
+"""ROLE (docs/methods.md §3.2): the `role` label state (learnable estimator g) and the `role` loss."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from schemas import run as run_schema
-from schemas.dataset import open_dataset
-from schemas.errors import InputError
-from stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
-from stages.train.labelstate.role import initial_logits
-from stages.train.losses import EpochState, create_loss_cfg, get_loss_info
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.dataset import open_dataset
+from mlpl.schemas.errors import InputError
+from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
+from mlpl.stages.train.labelstate.role import initial_logits
+from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
 
 EPS = 1e-5
 E1 = EpochState(epoch=1, num_epochs=10)
@@ -145,7 +144,7 @@ def test_role_loss_golden_value_and_gradients() -> None:
 
 
 def test_role_loss_without_observed_negatives_is_spec_formula() -> None:
-    # single-positive labels: obs1/obs2 are SPEC.md's pos1/pos2
+    # single-positive labels: obs1/obs2 are docs/methods.md's pos1/pos2
     logits = torch.tensor([[1.0, -0.5]], dtype=torch.float64)
     q = torch.tensor([[0.7, 0.2]], dtype=torch.float64)
     out = get_loss_info("role").fn(logits=logits, observed=torch.tensor([[0, 1]]), pseudo=None, epoch=E1,
@@ -218,7 +217,7 @@ def test_torchrun_two_ranks_train_every_row_of_the_estimator(digits_methods, tmp
     gives every rank (and so the state rank 0 saves) the updates of all rows, not only rank 0's."""
     torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29547", "-m", "pipeline.cli", "train",
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29547", "-m", "mlpl.cli", "train",
            "--dataset", str(digits_methods), "--method", "role", "--out", str(out), "--epochs", "1",
            "--batch-size", "16", "--image-size", "32", "--workers", "1", "--device", "cpu"]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from schemas.dataset import open_dataset
-from stages.train.stream import StreamCfg, eval_loader, train_loader
+from mlpl.schemas.dataset import open_dataset
+from mlpl.stages.train.stream import StreamCfg, eval_loader, train_loader
 
 CFG = StreamCfg(image_size=32, batch_size=16, workers=2, shuffle_buffer=50)
 
@@ -54,8 +53,8 @@ def test_eval_loader_covers_split(digits_small):
 
 def test_store_joined_one_chunk_at_a_time(digits_small, tmp_path, monkeypatch):
     """A hand-made store whose sims encode the row: each sample carries its own row's similarities."""
-    from schemas.store import StoreAttrs, create_store, open_store
-    from stages.train import stream
+    from mlpl.schemas.store import StoreAttrs, create_store, open_store
+    from mlpl.stages.train import stream
 
     ds = open_dataset(digits_small)
     attrs = StoreAttrs(dataset_fingerprint=ds.meta.fingerprint, dataset_name="digits", classes=ds.meta.classes,

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.errors import InputError
 
-from schemas import run as run_schema
-from schemas.errors import InputError
 from tests.conftest import make_oracle_store, run_cli
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--image-size", "32", "--workers", "1"]
@@ -64,9 +64,9 @@ def test_mismatched_store_is_refused(digits_small, oracle_store, tmp_path, capsy
 def test_incomplete_store_is_refused(digits_small, oracle_store, tmp_path):
     import shutil
 
-    from schemas.store import open_store
-    from stages.train.config import TrainCfg
-    from stages.train.loop import Trainer
+    from mlpl.schemas.store import open_store
+    from mlpl.stages.train.config import TrainCfg
+    from mlpl.stages.train.loop import Trainer
 
     copy = tmp_path / "store"
     shutil.copytree(oracle_store, copy)
@@ -81,7 +81,7 @@ def test_resume_after_kill_gives_same_result(digits_small, tmp_path):
     args = ["--dataset", str(digits_small), "--method", "an", "--epochs", "4", "--batch-size", "16",
             "--image-size", "32", "--workers", "1", "--seed", "3"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", *args]
+    cmd = [sys.executable, "-m", "mlpl.cli", "train", *args]
     ref = tmp_path / "ref"
     subprocess.run([*cmd, "--out", str(ref)], check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
@@ -118,7 +118,7 @@ def test_torchrun_two_ranks_train(digits_small, tmp_path):
     """DistributedDataParallel under torchrun on CPU (gloo): equal batches per rank, one summary."""
     torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "pipeline.cli", "train",
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29533", "-m", "mlpl.cli", "train",
            "--dataset", str(digits_small), "--method", "an", "--out", str(out), *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

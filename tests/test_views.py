@@ -1,14 +1,12 @@
-"""Stage-one views (SPEC.md 4.1): golden tile boxes, pinned random draws, determinism, flips, normalisation."""
+"""Stage-one views (docs/methods.md §4.1): golden tile boxes, pinned random draws, determinism, flips, normalisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from schemas.errors import InputError
-from stages.precompute.views import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.precompute.views import (
     CLIP_MEAN,
     CLIP_STD,
     IMAGENET_MEAN,
@@ -20,6 +18,7 @@ from stages.precompute.views import (
     tile_boxes,
     view_boxes,
 )
+from PIL import Image
 
 # a 60×30 image cut into 3×3 tiles of 20×10 px, each tile its own colour
 TILE_COLOURS = np.array([[10 * (i + 1), 200 - 15 * i, (37 * i) % 256] for i in range(9)], dtype=np.uint8)

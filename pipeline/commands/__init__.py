@@ -1,1 +1,1 @@
-"""One module per command family; each registers its commands on `pipeline.app.app`."""
+"""One module per command family; each registers its commands on `mlpl.app.app`."""

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from pipeline.app import app
+from mlpl.app import app
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +22,11 @@ TABLE_COLUMNS = ("method", "seed", "test_map", "cf1", "of1", "hamming", "pseudo_
 def run_methods(data: Path, store: Path, runs: Path, methods: tuple[str, ...], seeds: tuple[int, ...],
                 overrides: dict | None = None) -> list[dict]:
     """Train (or reuse finished) runs of each method × seed; one table row per run."""
-    from pipeline.config import resolve_train_cfg
-    from pipeline.progress import progress_bar
-    from schemas import run as run_schema
-    from schemas.dataset import DatasetMeta
-    from stages.train.loop import Trainer
+    from mlpl.config import resolve_train_cfg
+    from mlpl.progress import progress_bar
+    from mlpl.schemas import run as run_schema
+    from mlpl.schemas.dataset import DatasetMeta
+    from mlpl.stages.train.loop import Trainer
 
     meta = DatasetMeta.from_json(data / "dataset.json")
     rows = []
@@ -78,12 +77,11 @@ def demo(
 ) -> None:
     """Prepare the digits world, fit its teacher, precompute the store, train BCE/AN/GR/AEVLP, report."""
     import torch
-
-    from pipeline.commands.precompute import precompute_clip
-    from pipeline.commands.prepare import prepare
-    from stages.evaluate.report import format_table, load_run_model, plot_probability_distributions
-    from stages.train.loop import predict
-    from stages.train.stream import StreamCfg
+    from mlpl.commands.precompute import precompute_clip
+    from mlpl.commands.prepare import prepare
+    from mlpl.stages.evaluate.report import format_table, load_run_model, plot_probability_distributions
+    from mlpl.stages.train.loop import predict
+    from mlpl.stages.train.stream import StreamCfg
 
     t0 = time.time()
     data, store, runs = out / "data", out / "store", out / "runs"

@@ -6,9 +6,8 @@ import json
 from typing import Annotated, Any
 
 import typer
-
-from pipeline.app import app
-from schemas.errors import InputError
+from mlpl.app import app
+from mlpl.schemas.errors import InputError
 
 
 def _params(d: dict[str, Any]) -> str:
@@ -27,8 +26,8 @@ def methods(
     With no pattern, one line per method; with a name or pattern, the full resolved settings of each: the
     training settings and the typed configs of its loss, pseudo-labeller and label state.
     """
-    from pipeline.config import describe_method, list_methods_matching
-    from stages.registry import HYPERPARAMETER_DATASETS
+    from mlpl.config import describe_method, list_methods_matching
+    from mlpl.stages.registry import HYPERPARAMETER_DATASETS
 
     if dataset is not None and dataset not in HYPERPARAMETER_DATASETS:
         raise InputError(f"--dataset: unknown family {dataset!r}. Available: {list(HYPERPARAMETER_DATASETS)}")

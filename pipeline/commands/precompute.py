@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from pipeline.app import app
-from schemas.errors import InputError
+from mlpl.app import app
+from mlpl.schemas.errors import InputError
 
 teacher_app = typer.Typer(help="Built-in teachers: list them, fit one explicitly.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -65,7 +64,7 @@ def images_progress() -> Iterator[Callable[[str, int, int], None]]:
 
 def resolve_dataset(dataset: str, data_root: Path | None) -> Path:
     """A prepared dataset folder, or a name under --data-root (default `$MLPL_DATA_ROOT`, else ./data)."""
-    from pipeline.commands.train import resolve_dataset_dir
+    from mlpl.commands.train import resolve_dataset_dir
 
     return resolve_dataset_dir(dataset, data_root)
 
@@ -95,7 +94,7 @@ def precompute_clip(
         str | None, typer.Option(help="Prompt per class with {name} (default 'a photo of a {name}.').")
     ] = None,
     text_noise: Annotated[
-        bool, typer.Option("--text-noise/--no-text-noise", help="Text-embedding noise G(·) (SPEC 4.2).")
+        bool, typer.Option("--text-noise/--no-text-noise", help="Text-embedding noise G(·) (docs/methods.md §4.2).")
     ] = False,
     noise_topk: Annotated[int | None, typer.Option(help="G(·) adjacency top-k (default per dataset).")] = None,
     noise_seed: Annotated[int, typer.Option(help="Seed of G(·)'s weights.")] = 0,
@@ -109,9 +108,9 @@ def precompute_clip(
 ) -> None:
     """Run the teacher over the global view and g×g tiles of every train image, for every augment seed."""
     prefer_passive_openmp()
-    from schemas.dataset import DatasetMeta
-    from stages.precompute.run import PrecomputeCfg, run_precompute
-    from stages.precompute.teacher import TeacherCfg, default_teacher_for
+    from mlpl.schemas.dataset import DatasetMeta
+    from mlpl.stages.precompute.run import PrecomputeCfg, run_precompute
+    from mlpl.stages.precompute.teacher import TeacherCfg, default_teacher_for
 
     if seeds < 1:
         raise InputError(f"--seeds must be ≥ 1, got {seeds}")
@@ -130,7 +129,7 @@ def precompute_clip(
     with images_progress() as bar:
         report = run_precompute(cfg, progress=bar)
     if report.rank == 0:
-        from schemas.store import open_store
+        from mlpl.schemas.store import open_store
 
         done = int(open_store(report.store).done_matrix().sum())
         rate = report.views / report.seconds if report.seconds > 0 else 0.0
@@ -148,7 +147,7 @@ def inspect_store(
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON summary.")] = False,
 ) -> None:
     """Print a store's attributes, completion and size."""
-    from schemas.store import describe, open_store
+    from mlpl.schemas.store import describe, open_store
 
     summary = describe(open_store(store))
     if not as_json:
@@ -175,7 +174,7 @@ def inspect_store(
 @teacher_app.command("list")
 def teacher_list() -> None:
     """List the built-in teachers (any open_clip model name works too)."""
-    from stages.precompute.teacher import TEACHERS
+    from mlpl.stages.precompute.teacher import TEACHERS
 
     for info in TEACHERS:
         typer.echo(f"{info.name:10s} {info.description}  [{info.reference}]")
@@ -188,8 +187,8 @@ def teacher_fit(
     force: Annotated[bool, typer.Option(help="Fit again even if it is cached.")] = False,
 ) -> None:
     """Fit a built-in teacher now and cache it (otherwise it is fitted on first use)."""
-    from stages.precompute import digits_teacher
-    from stages.precompute.teacher import TEACHERS
+    from mlpl.stages.precompute import digits_teacher
+    from mlpl.stages.precompute.teacher import TEACHERS
 
     TEACHERS.get(name, option="teacher fit")
     folder = digits_teacher.ensure_digits_teacher(force=force)

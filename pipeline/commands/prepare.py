@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from pipeline.app import app
-from schemas import dataset as dataset_schema
-from schemas.dataset import DATASET_JSON, DatasetMeta
-from schemas.errors import InputError
+from mlpl.app import app
+from mlpl.schemas import dataset as dataset_schema
+from mlpl.schemas.dataset import DATASET_JSON, DatasetMeta
+from mlpl.schemas.errors import InputError
 
 
 @app.command()
@@ -49,7 +48,7 @@ def prepare(
     ] = None,
 ) -> None:
     """Convert a source dataset into a prepared dataset (shards, labels, observation regimes)."""
-    from stages.prepare.datasets import PrepareRequest, prepare_dataset
+    from mlpl.stages.prepare.datasets import PrepareRequest, prepare_dataset
 
     options = {
         "size": size, "test_size": test_size, "canvas": canvas, "cells": cells, "max_digits": max_digits,
@@ -75,7 +74,7 @@ def observe(
     ],
 ) -> None:
     """Add observation regimes to a prepared dataset."""
-    from stages.prepare.observations import write_regimes
+    from mlpl.stages.prepare.observations import write_regimes
 
     ds = dataset_schema.open_dataset(dataset)
     paths = write_regimes(dataset, ds.labels, regime)
@@ -90,8 +89,8 @@ def observe(
 @app.command()
 def validate(path: Annotated[Path, typer.Argument(help="A prepared dataset, a store or a run folder.")]) -> None:
     """Check a prepared dataset, pseudo-label store or run folder against its contract."""
-    from schemas import run as run_schema
-    from schemas import store as store_schema
+    from mlpl.schemas import run as run_schema
+    from mlpl.schemas import store as store_schema
 
     if (path / DATASET_JSON).exists():
         ds = dataset_schema.validate(path)
@@ -109,7 +108,7 @@ def validate(path: Annotated[Path, typer.Argument(help="A prepared dataset, a st
 @app.command()
 def datasets() -> None:
     """List the datasets `mlpl prepare` knows."""
-    from stages.prepare.datasets import DATASETS
+    from mlpl.stages.prepare.datasets import DATASETS
 
     for info in DATASETS:
         typer.echo(f"{info.name:10s} {info.description}  [{info.reference}]")
@@ -123,7 +122,7 @@ def verify(
     ] = None,
 ) -> None:
     """Check a prepared dataset against its data card; differences are listed and exit with code 1."""
-    from stages.prepare.cards import verify as verify_dataset
+    from mlpl.stages.prepare.cards import verify as verify_dataset
 
     report = verify_dataset(dataset, card)
     where = report.card if report.card is not None else "no data card for this dataset: card-independent checks only"
@@ -149,7 +148,7 @@ def export_formatted(
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write the literature's formatted_{train,val}_{images,labels,labels_obs}.npy (their val = the test split)."""
-    from stages.prepare.formatted import export_formatted as export
+    from mlpl.stages.prepare.formatted import export_formatted as export
 
     result = export(dataset, out, regime=regime, overwrite=overwrite)
     counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items())

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from pipeline.app import app
-from pipeline.progress import progress_bar
-from schemas.errors import InputError
+from mlpl.app import app
+from mlpl.progress import progress_bar
+from mlpl.schemas.errors import InputError
 
 
 def resolve_dataset_dir(dataset: str, data_root: Path | None) -> Path:
@@ -55,9 +54,9 @@ def train(
         help="Run the store's teacher inside every step instead of reading the store (for comparison).")] = False,
 ) -> None:
     """Train a classifier with a method preset; resumes from `last.pt` if the run folder has one."""
-    from pipeline.config import resolve_train_cfg
-    from schemas.dataset import DatasetMeta
-    from stages.train.loop import Trainer
+    from mlpl.config import resolve_train_cfg
+    from mlpl.schemas.dataset import DatasetMeta
+    from mlpl.stages.train.loop import Trainer
 
     ds_dir = resolve_dataset_dir(dataset, data_root)
     meta = DatasetMeta.from_json(ds_dir / "dataset.json")
@@ -72,7 +71,7 @@ def train(
     cfg = resolve_train_cfg(method, str(ds_dir), meta.name, str(out), preset, overrides)
     online = None
     if online_teacher:
-        from pipeline.online_teacher import make_online_sims
+        from mlpl.online_teacher import make_online_sims
 
         if cfg.pseudo_store is None:
             raise InputError("--online-teacher: needs --pseudo-store (its attributes name the teacher and views)")
@@ -92,7 +91,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="JSON file to write (default RUN/eval-<split>.json).")] = None,
 ) -> None:
     """Evaluate a run's best checkpoint on a split: print a table and write JSON."""
-    from stages.evaluate.report import evaluate_run, format_table
+    from mlpl.stages.evaluate.report import evaluate_run, format_table
 
     result = evaluate_run(run, split, threshold)
     path = out or run / f"eval-{split}.json"

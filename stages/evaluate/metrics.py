@@ -1,4 +1,4 @@
-"""Multi-label evaluation metrics of SPEC.md §2: mAP (scikit-learn's AP semantics) and threshold metrics.
+"""Multi-label evaluation metrics of docs/methods.md §2: mAP (scikit-learn's AP semantics) and threshold metrics.
 
 All functions take `scores` [N, C] (probabilities; AP only ranks them) and `targets` [N, C] full labels in
 {0, 1}, as numpy arrays or anything `numpy.asarray` accepts.
@@ -62,7 +62,7 @@ def threshold_metrics(scores: ArrayLike, targets: ArrayLike, threshold: float = 
     """Overall and per-class precision/recall/F1, macro-F1 and Hamming loss at `threshold` (fractions).
 
     A cell is predicted positive where score >= threshold (the reference code's `logit >= 0`). Per class:
-    Nc true positives, Np predicted positives, Ng ground-truth positives. As SPEC.md §2 (and the reference
+    Nc true positives, Np predicted positives, Ng ground-truth positives. As docs/methods.md §2 (and the reference
     code) has it, Np = 0 is replaced by 1 *before* anything is summed, so OP = ΣNc/ΣNp counts 1 for every
     class never predicted. Ng = 0 (a class absent from the split) is likewise replaced by 1 in CR's per-class
     Nc/Ng (that class contributes recall 0, as its AP contributes 0 to mAP); OR = ΣNc/ΣNg uses the true Ng

@@ -1,4 +1,4 @@
-"""Pseudo-label quality of SPEC.md §2: per-epoch and accumulated precision/recall of pseudo-labels.
+"""Pseudo-label quality of docs/methods.md §2: per-epoch and accumulated precision/recall of pseudo-labels.
 
 Counted over training cells that are not the observed positive (an observed positive is a free true
 positive and would inflate precision). Positives: precision = correct / predicted, recall = correct /
@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from schemas.labels import Observed, Pseudo
-from stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
+from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
 
 COUNT_NAMES: tuple[str, ...] = (
     "pos_predicted", "pos_correct", "pos_true", "acc_pos_predicted", "acc_pos_correct",

@@ -7,18 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas import run as run_schema
-from schemas.dataset import open_dataset
-from schemas.errors import InputError
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.dataset import open_dataset
+from mlpl.schemas.errors import InputError
 
 
 def load_run_model(run: Path):
     """(TrainCfg, model with best weights, dataset) of a run folder."""
+    from mlpl.stages.train.config import TrainCfg
+    from mlpl.stages.train.models import create_classifier
     from safetensors.torch import load_file
-
-    from stages.train.config import TrainCfg
-    from stages.train.models import create_classifier
 
     cfg_path = Path(run) / run_schema.CONFIG_TOML
     weights = Path(run) / run_schema.BEST_WEIGHTS
@@ -35,10 +33,9 @@ def load_run_model(run: Path):
 
 def evaluate_run(run: Path, split: str, threshold: float | None = None) -> dict[str, Any]:
     import torch
-
-    from stages.evaluate.metrics import evaluate_scores
-    from stages.train.loop import predict
-    from stages.train.stream import StreamCfg
+    from mlpl.stages.evaluate.metrics import evaluate_scores
+    from mlpl.stages.train.loop import predict
+    from mlpl.stages.train.stream import StreamCfg
 
     if split not in ("val", "test"):
         raise InputError(f"--split: {split!r}; expected val or test")

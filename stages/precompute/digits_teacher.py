@@ -36,9 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from stages.precompute.views import CLIP_MEAN, CLIP_STD, normalize_views
-from stages.prepare.digits import CLASSES, DigitsCfg, digit_pools, load_source_digits, render_digit
+from mlpl.stages.precompute.views import CLIP_MEAN, CLIP_STD, normalize_views
+from mlpl.stages.prepare.digits import CLASSES, DigitsCfg, digit_pools, load_source_digits, render_digit
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ class TileSampler:
         rng: the generator of every draw.
         neighbour_p: probability that each other cell holds a (random) digit.
         margin: (low, high) range of the crop side in cells.
-        flip_p: probability of a horizontal flip (stage one flips views at random, SPEC.md 4.1, so the
+        flip_p: probability of a horizontal flip (stage one flips views at random, docs/methods.md §4.1, so the
             teacher is trained to be invariant to it).
         interpolation: PIL resampling filter name of the resize.
     """

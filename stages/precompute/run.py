@@ -32,19 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds  # imported here, so that DataLoader workers inherit it instead of importing it
-
-from schemas.dataset import PreparedDataset, open_dataset
-from schemas.errors import InputError
-from schemas.store import Store, StoreAttrs, create_store, open_store
-from stages.precompute.teacher import TeacherCfg
-from stages.precompute.text_noise import NOISE_TOPK, TextNoiseCfg
-from stages.precompute.views import NORMALIZATIONS, ViewCfg, make_views, normalize_views
+from mlpl.schemas.dataset import PreparedDataset, open_dataset
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.store import Store, StoreAttrs, create_store, open_store
+from mlpl.stages.precompute.teacher import TeacherCfg
+from mlpl.stages.precompute.text_noise import NOISE_TOPK, TextNoiseCfg
+from mlpl.stages.precompute.views import NORMALIZATIONS, ViewCfg, make_views, normalize_views
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 PHASE = "precompute-clip"
-DEFAULT_GRID = {"digits": 3, "cub": 5}  # SPEC.md 4.1: g = 4, CUB 5; digits: its 3×3 cell layout
+DEFAULT_GRID = {"digits": 3, "cub": 5}  # docs/methods.md §4.1: g = 4, CUB 5; digits: its 3×3 cell layout
 # a resumed run uses the store's text embeddings; recomputed ones may differ by rounding on other hardware,
 # anything larger means another teacher
 TEXT_EMB_TOLERANCE = 1e-4
@@ -69,7 +68,7 @@ class PrecomputeCfg:
         interpolation: resize filter; None: the teacher's.
         weak_aug: the weak augmentation T(·).
         noise: apply the text-embedding noise G(·).
-        noise_topk: top-k of G(·)'s adjacency; None: SPEC.md's per-dataset k, else all classes.
+        noise_topk: top-k of G(·)'s adjacency; None: docs/methods.md's per-dataset k, else all classes.
         noise_seed: seed of G(·)'s weights.
         batch_size: images per teacher forward pass (each contributes V views).
         workers: DataLoader worker processes (0: decode in the main process).
@@ -465,7 +464,12 @@ def run_precompute(cfg: PrecomputeCfg, progress: ProgressFn | None = None, teach
 
 def _run(cfg: PrecomputeCfg, dataset: PreparedDataset, info: DistInfo, progress: ProgressFn | None,
          teacher: Any) -> PrecomputeReport:
-    from stages.precompute.teacher import class_text_embeddings, default_prompt_template, load_teacher, resolve_weights
+    from mlpl.stages.precompute.teacher import (
+        class_text_embeddings,
+        default_prompt_template,
+        load_teacher,
+        resolve_weights,
+    )
 
     tcfg = cfg.teacher
     if tcfg.device is None and torch.cuda.is_available() and info.world > 1:

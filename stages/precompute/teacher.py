@@ -1,4 +1,5 @@
-"""Stage-one teachers: any open_clip model by name, or the built-in digits teacher, with class prompts (SPEC.md 4).
+"""Stage-one teachers: any open_clip model by name, or the built-in digits teacher, with class prompts
+(docs/methods.md §4).
 
 Weights come from `--pretrained`: an open_clip tag (read from open_clip's own cache: the Hugging Face
 hub cache, or `~/.cache/clip` for URL-only tags), a local weights file, or a local open_clip model
@@ -24,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from schemas.errors import InputError
-from stages.precompute.text_noise import TextNoiseCfg, apply_text_noise
-from stages.registry import Registry
-from stages.runtime import pick_device
+from mlpl.schemas.errors import InputError
+from mlpl.stages.precompute.text_noise import TextNoiseCfg, apply_text_noise
+from mlpl.stages.registry import Registry
+from mlpl.stages.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def default_prompt_template(model: str) -> str:
 
 
 def make_prompts(classes: tuple[str, ...] | list[str], template: str) -> list[str]:
-    """One prompt per class; underscores in class names become spaces (SPEC.md 4)."""
+    """One prompt per class; underscores in class names become spaces (docs/methods.md §4)."""
     try:
         return [template.format(name=name.replace("_", " ")) for name in classes]
     except (KeyError, IndexError, ValueError) as e:
@@ -107,7 +107,7 @@ class TeacherCfg:
             teacher name (`digits`).
         pretrained: open_clip tag, weights file, model folder, or `random`; None: the model's default.
         prompt_template: per-class prompt with `{name}`; None: the teacher's default.
-        noise: text-embedding noise G(·) (SPEC.md 4.2), or None.
+        noise: text-embedding noise G(·) (docs/methods.md §4.2), or None.
         precision: 'auto' (bf16 or fp16 autocast on GPU, fp32 on CPU), 'fp32', 'bf16', 'fp16'.
         device: torch device; None: cuda if available, else cpu.
         cache_dir: open_clip/Hugging Face download cache (None: their defaults).
@@ -290,7 +290,7 @@ def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
     if model in TEACHERS:
         if pretrained not in (None, "builtin"):
             raise InputError(f"--pretrained {pretrained!r}: the built-in teacher {model!r} takes no --pretrained")
-        from stages.precompute import digits_teacher
+        from mlpl.stages.precompute import digits_teacher
 
         root = Path(cfg.digits_cache) if cfg.digits_cache else None
         folder = digits_teacher.ensure_digits_teacher(root)
@@ -464,7 +464,7 @@ def load_teacher(cfg: TeacherCfg, source: WeightsSource | None = None) -> Teache
         "device_type": device.type,
         "embed_dim": embed_dim,
         "image_size": size,
-        # the temperature the teacher was trained with (CDUL's softmax temperature, SPEC.md 4.4)
+        # the temperature the teacher was trained with (CDUL's softmax temperature, docs/methods.md §4.4)
         "logit_scale": float(model.logit_scale.detach().exp()),
         "open_clip": open_clip.__version__,
     }

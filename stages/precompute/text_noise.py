@@ -1,4 +1,4 @@
-"""Text-embedding noise G(·) of SPEC.md 4.2: a frozen, seeded, never-trained 3-layer GCN over classes.
+"""Text-embedding noise G(·) of docs/methods.md §4.2: a frozen, seeded, never-trained 3-layer GCN over classes.
 
 The noised class embedding is normalise(t + G(t)). The adjacency comes from the cosine similarities
 of the class text embeddings: keep the top-k entries per row, zero the diagonal, row-normalise,
@@ -12,10 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from mlpl.schemas.errors import InputError
 
-from schemas.errors import InputError
-
-# SPEC.md 4.2 top-k per dataset; other datasets default to all classes
+# docs/methods.md §4.2 top-k per dataset; other datasets default to all classes
 NOISE_TOPK = {"voc": 20, "coco": 62, "nus": 50, "cub": 312}
 
 

@@ -1,4 +1,4 @@
-"""Stage-one views of an image (SPEC.md 4.1): the global view and g×g jittered tiles, per augment seed.
+"""Stage-one views of an image (docs/methods.md §4.1): the global view and g×g jittered tiles, per augment seed.
 
 For augment seed e and row i every random choice comes from one generator seeded by (e, i), so a
 rerun, another worker count or another rank count gives the same views. The draws happen in a fixed
@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from schemas.errors import InputError
+from mlpl.schemas.errors import InputError
 
 # open_clip.constants, copied so that making views never imports open_clip (DataLoader workers)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -30,7 +29,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
-# weak augmentation T(·) of SPEC.md 4.1: each operation is applied independently with this probability
+# weak augmentation T(·) of docs/methods.md §4.1: each operation is applied independently with this probability
 WEAK_AUG_P = 0.2
 WEAK_AUG_ROTATION = 15.0
 WEAK_AUG_JITTER = 0.2
@@ -116,7 +115,7 @@ def draw_view_params(seed: int, row: int, cfg: ViewCfg) -> ViewParams:
 
 
 def tile_boxes(width: float, height: float, grid: int, overlaps: np.ndarray) -> np.ndarray:
-    """Boxes (x0, y0, x1, y1) of the g×g tiles in row-major order, clipped to the image (SPEC.md 4.1).
+    """Boxes (x0, y0, x1, y1) of the g×g tiles in row-major order, clipped to the image (docs/methods.md §4.1).
 
     Tile (x, y) is [x·W/g − o_w, y·H/g − o_h, (x+1)·W/g + o_w, (y+1)·H/g + o_h] with
     o_w = r_x · W/g and o_h = r_y · H/g, where (r_x, r_y) = overlaps[y·g + x].

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from schemas.dataset import SHARDS_DIR, PreparedDataset, row_key, validate
-from schemas.errors import InputError
-from stages.prepare.sources import load_classnames
-from stages.prepare.writer import VAL_FRACTION
+from mlpl.schemas.dataset import SHARDS_DIR, PreparedDataset, row_key, validate
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.sources import load_classnames
+from mlpl.stages.prepare.writer import VAL_FRACTION
 
 CARDS_DIR = Path(__file__).resolve().parents[2] / "data_cards"
 SPLIT_NAMES = ("train", "val", "test")

@@ -1,4 +1,4 @@
-"""MS-COCO instances JSON (2014 and 2017 layouts) → prepared dataset, as SPEC.md 1.1 states.
+"""MS-COCO instances JSON (2014 and 2017 layouts) → prepared dataset, as docs/methods.md §1.1 states.
 
 A category is positive for an image if any annotation has it, crowd annotations included; images
 with no annotation are dropped; rows are ordered by image id compared as strings (the literature's
@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-
-from schemas.errors import InputError
-from stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
-from stages.prepare.sources import FileBytes, image_ext, load_classnames, write_from_source
-from stages.prepare.writer import PrepareReport, SourceImage
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.sources import FileBytes, image_ext, load_classnames, write_from_source
+from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +289,7 @@ DATASETS.register(
     DatasetInfo(
         name="coco",
         description="MS-COCO 2014/2017 instances JSON: 80 categories, crowd counted, unannotated images dropped",
-        reference="Lin et al., Microsoft COCO (ECCV 2014); SPEC.md 1.1",
+        reference="Lin et al., Microsoft COCO (ECCV 2014); docs/methods.md §1.1",
         prepare=prepare_coco,
         options=("year", "no_test"),
         card="coco2014.md",

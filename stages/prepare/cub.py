@@ -1,6 +1,6 @@
 """CUB-200-2011 attributes (`images.txt`, `train_test_split.txt`, `image_attribute_labels.txt`) → prepared dataset.
 
-SPEC.md 1.1: 312 binary attributes (the shipped `cub.txt`, in attribute-id order), the `is_present`
+docs/methods.md §1.1: 312 binary attributes (the shipped `cub.txt`, in attribute-id order), the `is_present`
 column of `attributes/image_attribute_labels.txt` (fields: image, attribute, is_present, certainty,
 time; only the first four tokens are read because a few lines carry extra fields; certainty is
 ignored). Official train / test from `train_test_split.txt` (1 = train); rows in `images.txt` order.
@@ -13,10 +13,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-
-from schemas.errors import InputError
-from stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
-from stages.prepare.sources import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.sources import (
     FileBytes,
     find_layout_root,
     image_ext,
@@ -25,7 +24,7 @@ from stages.prepare.sources import (
     read_lines,
     write_from_source,
 )
-from stages.prepare.writer import PrepareReport, SourceImage
+from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ DATASETS.register(
     DatasetInfo(
         name="cub",
         description="CUB-200-2011: 312 binary attributes (is_present), train_test_split.txt, images.txt order",
-        reference="Wah et al., The Caltech-UCSD Birds-200-2011 Dataset (2011); SPEC.md 1.1",
+        reference="Wah et al., The Caltech-UCSD Birds-200-2011 Dataset (2011); docs/methods.md §1.1",
         prepare=prepare_cub,
         card="cub.md",
         class_list=CLASS_LIST,

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import InputError
-from stages.prepare.writer import PrepareReport
-from stages.registry import Registry
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.writer import PrepareReport
+from mlpl.stages.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,14 @@ def _check_formatted_request(info: DatasetInfo, req: PrepareRequest) -> None:
 
 
 def prepare_dataset(name: str, req: PrepareRequest) -> PrepareReport:
-    from stages.prepare.observations import parse_regime
+    from mlpl.stages.prepare.observations import parse_regime
 
     info = DATASETS.get(name, option="--dataset")
     check_request(info, req)
     for spec in req.regimes:
         parse_regime(spec)
     if req.from_formatted is not None:
-        from stages.prepare.formatted import prepare_formatted
+        from mlpl.stages.prepare.formatted import prepare_formatted
 
         return prepare_formatted(info, req)
     return info.prepare(req)
@@ -98,11 +98,11 @@ def prepare_dataset(name: str, req: PrepareRequest) -> PrepareReport:
 
 def _register_builtin() -> None:
     # One module per dataset; each registers itself when imported.
-    import stages.prepare.coco  # noqa: F401
-    import stages.prepare.cub  # noqa: F401
-    import stages.prepare.digits_dataset  # noqa: F401
-    import stages.prepare.nus  # noqa: F401
-    import stages.prepare.voc  # noqa: F401
+    import mlpl.stages.prepare.coco  # noqa: F401
+    import mlpl.stages.prepare.cub  # noqa: F401
+    import mlpl.stages.prepare.digits_dataset  # noqa: F401
+    import mlpl.stages.prepare.nus  # noqa: F401
+    import mlpl.stages.prepare.voc  # noqa: F401
 
 
 _register_builtin()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, fields
 
-from schemas.errors import InputError
-from stages.prepare import digits
-from stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
-from stages.prepare.observations import write_regimes
-from stages.prepare.writer import PrepareReport, SourceImage, write_prepared
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare import digits
+from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.observations import write_regimes
+from mlpl.stages.prepare.writer import PrepareReport, SourceImage, write_prepared
 
 _OPTIONS = tuple(f.name for f in fields(digits.DigitsCfg))
 

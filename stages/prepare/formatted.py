@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.dataset import (
+from mlpl.schemas.dataset import (
     LabelsTable,
     Observations,
     atomic_folder,
@@ -23,11 +22,11 @@ from schemas.dataset import (
     read_observations,
     write_observations,
 )
-from schemas.errors import InputError
-from stages.prepare.datasets import DatasetInfo, PrepareRequest
-from stages.prepare.observations import official_train_labels, parse_regime, single_positive
-from stages.prepare.sources import FileBytes, image_ext, load_classnames, write_from_source
-from stages.prepare.writer import PrepareReport, SourceImage
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.datasets import DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.observations import official_train_labels, parse_regime, single_positive
+from mlpl.stages.prepare.sources import FileBytes, image_ext, load_classnames, write_from_source
+from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ def _regime_matrices(root: Path, table: LabelsTable, regime: str, official: dict
             if path.is_file():
                 out[split] = np.load(path, allow_pickle=False)
             elif split == "test":
-                log.info("%s: absent (none was imported); writing the SPEC.md 1.2 single positive draw", path)
+                log.info("%s: absent (none was imported); writing the docs/methods.md §1.2 single positive draw", path)
                 out[split] = parse_regime("spml")[0].build(table.matrix(official[split]), {"seed": 1200})
             else:
                 raise InputError(f"{path}: not found; the regime {GIVEN_REGIME!r} exists only in datasets imported "

@@ -1,4 +1,4 @@
-"""NUS-WIDE (the official `ImageList` + `Groundtruth/TrainTestLabels` layout) → prepared dataset, SPEC.md 1.1.
+"""NUS-WIDE (the official `ImageList` + `Groundtruth/TrainTestLabels` layout) → prepared dataset, docs/methods.md §1.1.
 
 81 concepts (the shipped `nuswide.txt`, the official `Concepts81` order); one 0/1 per line in
 `Labels_<concept>_{Train,Test}.txt`, aligned with `ImageList/{Train,Test}Imagelist.txt`, whose
@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import InputError
-from stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
-from stages.prepare.sources import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.sources import (
     FileBytes,
     image_ext,
     load_classnames,
@@ -26,7 +25,7 @@ from stages.prepare.sources import (
     require_file,
     write_from_source,
 )
-from stages.prepare.writer import PrepareReport, SourceImage
+from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ DATASETS.register(
         name="nus",
         description="NUS-WIDE: 81 concepts, official lists or the literature's re-crawled pool (--pool), "
                     "images with no positive kept",
-        reference="Chua et al., NUS-WIDE (CIVR 2009); SPEC.md 1.1",
+        reference="Chua et al., NUS-WIDE (CIVR 2009); docs/methods.md §1.1",
         prepare=prepare_nus,
         options=("pool",),
         card="nus.md",

@@ -1,4 +1,4 @@
-"""Observation regimes (SPEC.md 1.2–1.4): which cells of the train split's labels a method may see.
+"""Observation regimes (docs/methods.md §1.2–1.4): which cells of the train split's labels a method may see.
 
 A regime is named by a spec string that is also its file name under `observations/`:
 `full`, `none`, `spml` (= `spml-seed1200`), `partial-0.5` (seed 0; `partial-0.5-seed3`),
@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.dataset import LabelsTable, Observations, write_observations
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.registry import Registry
+from mlpl.schemas.dataset import LabelsTable, Observations, write_observations
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.registry import Registry
 
 SPML_SEED = 1200
 
@@ -40,7 +39,7 @@ REGIMES: Registry[RegimeInfo] = Registry("observation regime")
 
 
 def single_positive(labels: np.ndarray, seed: int = SPML_SEED) -> np.ndarray:
-    """SPEC.md 1.2, bit-exact: a fresh RandomState, one positive kept per row, negatives shuffled anyway."""
+    """docs/methods.md §1.2, bit-exact: a fresh RandomState, one positive kept per row, negatives shuffled anyway."""
     rng = np.random.RandomState(seed)
     obs = np.zeros(labels.shape, dtype=np.int8)
     for i, y in enumerate(labels):
@@ -53,7 +52,7 @@ def single_positive(labels: np.ndarray, seed: int = SPML_SEED) -> np.ndarray:
 
 
 def partial(labels: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
-    """SPEC.md 1.4: keep each cell of the ±1 matrix independently with probability `ratio`."""
+    """docs/methods.md §1.4: keep each cell of the ±1 matrix independently with probability `ratio`."""
     signed = np.where(labels == 1, Observed.POSITIVE, Observed.NEGATIVE).astype(np.int8)
     mask = np.random.RandomState(seed).random_sample(labels.shape) < ratio
     return np.where(mask, signed, Observed.UNKNOWN).astype(np.int8)
@@ -79,18 +78,19 @@ def _none(labels: np.ndarray, _: dict[str, Any]) -> np.ndarray:
 _FLOAT = r"(?:0(?:\.\d+)?|1(?:\.0+)?)"
 for _info in (
     RegimeInfo("full", "every label observed (upper bound)", "—", r"full", _full, {}, "full"),
-    RegimeInfo("none", "no label observed (unsupervised; CDUL)", "SPEC.md 1.4", r"none", _none, {}, "none"),
+    RegimeInfo("none", "no label observed (unsupervised; CDUL)", "docs/methods.md §1.4", r"none", _none, {}, "none"),
     RegimeInfo(
-        "spml", "one observed positive per image, bit-exact with the literature", "SPEC.md 1.2",
+        "spml", "one observed positive per image, bit-exact with the literature", "docs/methods.md §1.2",
         r"spml(?:-seed(?P<seed>\d+))?", lambda y, p: single_positive(y, p["seed"]), {"seed": SPML_SEED}, "spml",
     ),
     RegimeInfo(
-        "partial", "each label kept with probability ρ (positives and negatives)", "SPEC.md 1.4",
+        "partial", "each label kept with probability ρ (positives and negatives)", "docs/methods.md §1.4",
         rf"partial-(?P<ratio>{_FLOAT})(?:-seed(?P<seed>\d+))?", lambda y, p: partial(y, p["ratio"], p["seed"]),
         {"seed": 0}, "partial-0.5",
     ),
     RegimeInfo(
-        "spml-unlabeled", "single positive, with a fraction of images left with no label", "SPEC.md 1.4 (PLMCL)",
+        "spml-unlabeled", "single positive, with a fraction of images left with no label", 
+        "docs/methods.md §1.4 (PLMCL)",
         rf"spml-unlabeled-(?P<unlabeled>{_FLOAT})(?:-seed(?P<seed>\d+))?",
         lambda y, p: single_positive_unlabeled(y, p["unlabeled"], p["seed"]), {"seed": 0}, "spml-unlabeled-0.5",
     ),

@@ -14,13 +14,13 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas.dataset import DatasetMeta, LabelsTable
-from schemas.errors import InputError
-from stages.prepare.observations import write_regimes
-from stages.prepare.writer import PrepareReport, SourceImage, write_prepared
+from mlpl.schemas.dataset import DatasetMeta, LabelsTable
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.observations import write_regimes
+from mlpl.stages.prepare.writer import PrepareReport, SourceImage, write_prepared
 
 if TYPE_CHECKING:
-    from stages.prepare.datasets import PrepareRequest
+    from mlpl.stages.prepare.datasets import PrepareRequest
 
 CLASSNAMES_DIR = Path(__file__).resolve().parent / "classnames"
 

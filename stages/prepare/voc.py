@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 and 2007 (`ImageSets/Main/<cls>_<set>.txt`) → prepared datasets, as SPEC.md 1.1 states.
+"""PASCAL VOC 2012 and 2007 (`ImageSets/Main/<cls>_<set>.txt`) → prepared datasets, as docs/methods.md §1.1 states.
 
 Label `1` is positive; `0` (difficult only) and `-1` are negative; images with no positive are
 dropped; rows are the image names sorted. VOC 2012: official train = `train`, test = `val`;
@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.errors import InputError
-from stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
-from stages.prepare.sources import (
+from mlpl.schemas.errors import InputError
+from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.sources import (
     FileBytes,
     find_layout_root,
     load_classnames,
@@ -25,7 +24,7 @@ from stages.prepare.sources import (
     read_lines,
     write_from_source,
 )
-from stages.prepare.writer import PrepareReport, SourceImage
+from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ for _spec in (VocYear("voc2012", "2012", "train", "val"), VocYear("voc2007", "20
             name=_spec.name,
             description=f"PASCAL VOC {_spec.year}: 20 classes, {_spec.train_set} / {_spec.test_set}, "
                         "difficult = negative, images without a positive dropped",
-            reference="Everingham et al., The PASCAL VOC Challenge (IJCV 2010); SPEC.md 1.1",
+            reference="Everingham et al., The PASCAL VOC Challenge (IJCV 2010); docs/methods.md §1.1",
             prepare=_Prepare(_spec),
             options=("no_test",),
             card=f"{_spec.name}.md",

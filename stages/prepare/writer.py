@@ -1,7 +1,7 @@
 """Write a prepared dataset: rows, validation hold-out, WebDataset shards, labels and dataset.json.
 
 Every converter turns its source layout into a list of `SourceImage` (small metadata, image bytes read
-lazily) and hands it to `write_prepared`, which owns the row order, the validation split (SPEC.md 1.3),
+lazily) and hands it to `write_prepared`, which owns the row order, the validation split (docs/methods.md §1.3),
 the shards and the atomic rename. Shards are plain tar files with fixed metadata (mtime 0, uid 0) so
 that the same input gives byte-identical output.
 """
@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from schemas.dataset import (
+from mlpl.schemas.dataset import (
     DATASET_JSON,
     LABELS_PARQUET,
     SHARDS_DIR,
@@ -33,8 +32,8 @@ from schemas.dataset import (
     write_labels,
     write_shards_info,
 )
-from schemas.errors import InputError
-from schemas.labels import SPLITS
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class PrepareReport:
 
 
 def validation_split(n: int, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC.md 1.3: indices (into the official train split) of train and val, each sorted."""
+    """docs/methods.md §1.3: indices (into the official train split) of train and val, each sorted."""
     n_val = int(round(fraction * n))
     perm = np.random.RandomState(seed).permutation(n)
     return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val :])
@@ -182,7 +181,7 @@ def write_prepared(
         )
         if after_write is not None:
             after_write(tmp, meta, table)
-            from schemas.dataset import list_regimes
+            from mlpl.schemas.dataset import list_regimes
 
             meta = DatasetMeta(**{**meta.__dict__, "regimes": tuple(list_regimes(tmp))})
         (tmp / DATASET_JSON).write_text(meta.to_json())

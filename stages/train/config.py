@@ -1,4 +1,4 @@
-"""The typed configuration of a training run and the early-stopping rules of SPEC.md 1.6."""
+"""The typed configuration of a training run and the early-stopping rules of docs/methods.md §1.6."""
 
 from __future__ import annotations
 
@@ -29,22 +29,22 @@ class TrainCfg:
     lr: float = 1e-5
     head_lr_mult: float = 10.0
     backbone: str = "resnet50"
-    head: str = "linear"  # stages.train.models.HEADS (boostlu: SPEC.md 3.5)
+    head: str = "linear"  # mlpl.stages.train.models.HEADS (boostlu: docs/methods.md §3.5)
     head_params: dict[str, Any] = field(default_factory=dict)
-    label_state: str = "none"  # stages.train.labelstate.LABEL_STATES (ROLE, EM-APL, LL-Cp, CDUL, ...)
+    label_state: str = "none"  # mlpl.stages.train.labelstate.LABEL_STATES (ROLE, EM-APL, LL-Cp, CDUL, ...)
     label_state_params: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True
     backbone_weights: str | None = None
     image_size: int = 448
     threshold: float = 0.5
-    early_stop: str = "none"  # gr | em | ll | none (SPEC.md 1.6)
+    early_stop: str = "none"  # gr | em | ll | none (docs/methods.md §1.6)
     workers: int = 2
     seed: int = 0
     device: str = "auto"
     max_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)
 
 
-# SPEC.md 1.6: (largest allowed drop below the best val mAP, epochs without improvement allowed)
+# docs/methods.md §1.6: (largest allowed drop below the best val mAP, epochs without improvement allowed)
 EARLY_STOP_RULES: dict[str, tuple[float | None, int | None]] = {
     "gr": (2.0, 2),
     "em": (None, 1),
@@ -54,7 +54,7 @@ EARLY_STOP_RULES: dict[str, tuple[float | None, int | None]] = {
 
 
 def should_stop(rule: str, history: list[float]) -> bool:
-    """Early stopping on the list of val mAPs so far (SPEC.md 1.6)."""
+    """Early stopping on the list of val mAPs so far (docs/methods.md §1.6)."""
     max_drop, patience = EARLY_STOP_RULES[rule]
     if len(history) < 2:
         return False

@@ -1,5 +1,5 @@
 """The stage-two training loop: stream ⨝ store → pseudo-labels → loss → Adam, with validation,
-best-checkpointing, early stopping (SPEC.md 1.6), `metrics.jsonl`, resumable `last.pt`, `summary.json`."""
+best-checkpointing, early stopping (docs/methods.md §1.6), `metrics.jsonl`, resumable `last.pt`, `summary.json`."""
 
 from __future__ import annotations
 
@@ -14,21 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from schemas import run as run_schema
-from schemas.dataset import PreparedDataset, open_dataset
-from schemas.errors import InputError
-from schemas.store import Store, check_matches_dataset, open_store
-from stages.evaluate.metrics import evaluate_scores
-from stages.evaluate.pseudo_quality import PseudoLabelQuality
-from stages.runtime import pick_device
-from stages.train.config import TrainCfg, should_stop
-from stages.train.labelstate import LabelStateContext, create_label_state_cfg, get_label_state_info
-from stages.train.losses import EpochState, create_loss_cfg, get_loss_info
-from stages.train.models import Classifier, create_classifier, param_groups
-from stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg
-from stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
-from stages.train.stream import StreamCfg, eval_loader, train_loader
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.dataset import PreparedDataset, open_dataset
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.store import Store, check_matches_dataset, open_store
+from mlpl.stages.evaluate.metrics import evaluate_scores
+from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
+from mlpl.stages.runtime import pick_device
+from mlpl.stages.train.config import TrainCfg, should_stop
+from mlpl.stages.train.labelstate import LabelStateContext, create_label_state_cfg, get_label_state_info
+from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
+from mlpl.stages.train.models import Classifier, create_classifier, param_groups
+from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg
+from mlpl.stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
+from mlpl.stages.train.stream import StreamCfg, eval_loader, train_loader
 
 log = logging.getLogger(__name__)
 

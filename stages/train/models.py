@@ -1,8 +1,9 @@
-"""Backbones and heads (two registries) and the classifier: backbone feature map → head → logits (SPEC.md 1.5, 3.5).
+"""Backbones and heads (two registries) and the classifier: backbone feature map → head → logits
+(docs/methods.md §1.5, 3.5).
 
 A backbone maps images to its last feature map [B, D, h, w]; a head maps that map to one logit per class.
 The `linear` head (global average pool, then `Linear(D, C)`) is the literature's classifier; `boostlu`
-(SPEC.md 3.5) needs the map itself, to scale the positive part of each class activation map before pooling.
+(docs/methods.md §3.5) needs the map itself, to scale the positive part of each class activation map before pooling.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlpl.schemas.errors import InputError
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS, Registry, build_cfg
 from torch import nn
-
-from schemas.errors import InputError
-from stages.registry import HYPERPARAMETER_DATASETS, Registry, build_cfg
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class HeadInfo:
     Attributes:
         name: registry name (`head` in presets, `--head`).
         description: one line.
-        reference: paper and SPEC.md section.
+        reference: paper and docs/methods.md section.
         build: `build(D, C, cfg) -> module` mapping a feature map [B, D, h, w] to logits [B, C].
         cfg_cls: frozen dataclass of its hyperparameters (`head_params`).
         dataset_defaults: family → field values (every family listed, empty where the class defaults hold).
@@ -143,7 +143,7 @@ class LinearHeadCfg:
 
 @dataclass(frozen=True, kw_only=True)
 class BoostLUCfg:
-    """Hyperparameters of the BoostLU head (SPEC.md 3.5).
+    """Hyperparameters of the BoostLU head (docs/methods.md §3.5).
 
     Attributes:
         alpha: factor on positive class-activation values, in training and evaluation (α = 1 is the linear head).
@@ -157,14 +157,14 @@ class BoostLUCfg:
 
 
 class LinearHead(nn.Linear):
-    """Global average pool, then `Linear(D, C)` (SPEC.md 1.5). Its parameters are `weight` [C, D] and `bias`."""
+    """Global average pool, then `Linear(D, C)` (docs/methods.md §1.5). Parameters are `weight` [C, D] and `bias`."""
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         return super().forward(feature_map.mean(dim=(2, 3)))
 
 
 class BoostLUHead(nn.Conv2d):
-    """BoostLU (SPEC.md 3.5): a 1×1 convolution gives class activation maps [B, C, h, w]; their positive values
+    """BoostLU (docs/methods.md §3.5): a 1×1 convolution gives class activation maps [B, C, h, w]; their positive values
     are multiplied by α; global average pooling gives the logits.
 
     With α = 1 it equals `LinearHead` with the same weights (pooling commutes with a 1×1 convolution).
@@ -190,14 +190,14 @@ class BoostLUHead(nn.Conv2d):
 HEADS.register(HeadInfo(
     name="linear",
     description="global average pooling, then a linear layer (the literature's classifier)",
-    reference="SPEC.md 1.5",
+    reference="docs/methods.md §1.5",
     build=lambda feat_dim, num_classes, cfg: LinearHead(feat_dim, num_classes),
     cfg_cls=LinearHeadCfg,
 ))
 HEADS.register(HeadInfo(
     name="boostlu",
     description="BoostLU: 1x1 convolution to class activation maps, positive values times alpha, then pooling",
-    reference="Kim et al., CVPR 2023 (BoostLU); SPEC.md 3.5",
+    reference="Kim et al., CVPR 2023 (BoostLU); docs/methods.md §3.5",
     build=lambda feat_dim, num_classes, cfg: BoostLUHead(feat_dim, num_classes, cfg.alpha),
     cfg_cls=BoostLUCfg,
     # α = 5 in every setting of the paper; digits keeps it too (no reason to tune it there).
@@ -287,7 +287,7 @@ def create_classifier(
 
 
 def param_groups(model: Classifier, lr: float, head_lr_mult: float) -> list[dict]:
-    """Adam groups: the backbone at `lr`, the head at `lr·head_lr_mult` (SPEC.md 1.5)."""
+    """Adam groups: the backbone at `lr`, the head at `lr·head_lr_mult` (docs/methods.md §1.5)."""
     return [
         {"params": list(model.backbone.parameters()), "lr": lr},
         {"params": list(model.head.parameters()), "lr": lr * head_lr_mult},

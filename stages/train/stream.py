@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from schemas.dataset import PreparedDataset
-from schemas.errors import InputError
+from mlpl.schemas.dataset import PreparedDataset
+from mlpl.schemas.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class StreamCfg:
-    """How images are read and transformed (SPEC.md 1.5)."""
+    """How images are read and transformed (docs/methods.md §1.5)."""
 
     image_size: int = 448
     batch_size: int = 8

@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from stages.registry import Registry, build_cfg
-from stages.train.losses import EpochState, LossOutput
+from mlpl.stages.registry import Registry, build_cfg
+from mlpl.stages.train.losses import EpochState, LossOutput
 
 SimsReader = Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]
 """`read(seed_index)` yields (local rows [n], raw similarities [n, V, C] float32) over every training row."""
@@ -46,7 +45,7 @@ class LabelStateContext:
         seed: the run's seed (every random initialisation draws from it).
         device: the training device (states holding trainable parameters put them there).
         read_sims: the store's similarities, when the run has a store; None otherwise.
-        store_attrs: the store's attributes (`schemas.store.StoreAttrs.to_dict()`), or None.
+        store_attrs: the store's attributes (`mlpl.schemas.store.StoreAttrs.to_dict()`), or None.
         store_path: the store's folder (for messages), or None.
         num_epochs: planned epochs T.
     """
@@ -187,7 +186,7 @@ class LabelStateInfo:
     Attributes:
         name: registry name (`label_state` in presets).
         description: one line.
-        reference: paper and SPEC.md section.
+        reference: paper and docs/methods.md section.
         create: `create(ctx, cfg) -> LabelState`.
         cfg_cls: frozen dataclass of its hyperparameters; fields without a default are per-dataset.
         dataset_defaults: family → field values.

@@ -1,4 +1,5 @@
-"""Label state `apl`: asymmetric pseudo-labelling's frozen soft negatives, read by the `em-apl` loss (SPEC.md 3.3).
+"""Label state `apl`: asymmetric pseudo-labelling's frozen soft negatives, read by the `em-apl` loss
+(docs/methods.md §3.3).
 
 Paper: Zhou et al., "Acknowledging the Unknown for Multi-label Learning with Single Positive Labels", ECCV 2022.
 
@@ -26,16 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
-from stages.train.losses import EpochState
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.losses import EpochState
 
 
 @dataclass(frozen=True, kw_only=True)
 class AplCfg:
-    """Parameters of APL (SPEC.md 3.3).
+    """Parameters of APL (docs/methods.md §3.3).
 
     Attributes:
         warmup: first epoch (1-based) after which soft negatives are selected (per dataset).
@@ -166,7 +166,7 @@ class AplState(LabelState):
 LABEL_STATES.register(LabelStateInfo(
     name="apl",
     description="asymmetric pseudo-labelling: the lowest-scoring unknown labels become frozen soft negatives",
-    reference="Zhou et al., ECCV 2022; SPEC.md 3.3",
+    reference="Zhou et al., ECCV 2022; docs/methods.md §3.3",
     create=AplState,
     cfg_cls=AplCfg,
     # digits: VOC's warm-up (half of its 10 epochs), as for EM's α and APL's β

@@ -1,5 +1,5 @@
 """CDUL's per-image soft pseudo-labels: initialised from the teacher's global and tile similarities, then
-refined by gradient alignment while the network trains on them (SPEC.md 4.4 "CDUL initialisation", 5).
+refined by gradient alignment while the network trains on them (docs/methods.md §4.4 "CDUL initialisation", 5).
 
 Paper: Abdelfattah et al., "CDUL: CLIP-Driven Unsupervised Learning for Multi-Label Image Classification",
 ICCV 2023. No reference code was released; the reproducibility study of Shah & Bhalgat (2024,
@@ -7,7 +7,7 @@ github.com/cs-mshah/CDUL) is the public implementation this module was checked a
 
 Initialisation (the pure `cdul_scores`): per view, S = softmax over classes of (temperature · cos), with the
 teacher's learned temperature (≈ 100 for CLIP); S_g the global view; over the g×g tiles ω = max and
-ψ = min per class; S_agg[c] = ω_c if ω_c > ζ else ψ_c; ŷ = (S_g + S_agg)/2 + λ·|S_g − S_agg|/2. SPEC.md 4.4
+ψ = min per class; S_agg[c] = ω_c if ω_c > ζ else ψ_c; ŷ = (S_g + S_agg)/2 + λ·|S_g − S_agg|/2. docs/methods.md §4.4
 writes the variant's term as λ·|S_g − S_agg| and says λ = 1 gives the element-wise max; the two cannot both
 hold ((a + b)/2 + |a − b| = max(a, b) + |a − b|/2), and the max is the variant's stated purpose, so the term
 is halved: λ = 0 is the paper's average, λ = 1 the element-wise max.
@@ -31,13 +31,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
-from stages.train.losses import EpochState, LossOutput
-from stages.train.pseudolabels import aggregate_tiles
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.losses import EpochState, LossOutput
+from mlpl.stages.train.pseudolabels import aggregate_tiles
 
 LABEL_EPS = 1e-6
 """ŷ is kept in [ε, 1 − ε] so that its logit is finite: a softmax at temperature 100 underflows to 0."""
@@ -87,7 +86,7 @@ class CdulCfg:
     # and add the network's logit again every epoch; the reproducibility code's loss (summed over classes,
     # averaged over its batch of 8) gives 1/8 of the per-cell gradient, times its Gaussian density (0.4 at 0.5
     # for its σ = 1): 0.05–0.125 per cell and update. lr_z = 0.1 is of that order and does not hinge on the
-    # batch size. (SPEC.md's batch-mean reading, ∂/∂ŷ of the mean over B·C cells with step 1, is
+    # batch size. (docs/methods.md's batch-mean reading, ∂/∂ŷ of the mean over B·C cells with step 1, is
     # lr_z = 1/(B·C): VOC 0.006, COCO 0.0008.) Measured on the digits world (1,600 train canvases, seed 0,
     # train-image mAP; initial labels 91.7): after 10 epochs lr_z = 0 / 0.1 / 1 gave labels 91.7 / 91.0 / 82.8
     # and network 82.3 / 78.5 / 58.6; after 30 epochs lr_z = 0 / 0.1: network 95.3 / 90.1.
@@ -131,7 +130,7 @@ class CdulScores:
 
 def cdul_scores(sims: torch.Tensor, *, temperature: float, grid: int, zeta: float = 0.5, lam: float = 0.0,
                 local: bool = True, aggregator: bool = True) -> CdulScores:
-    """CDUL's initial soft pseudo-labels ŷ from raw cosines (SPEC.md 4.4), computed in `sims`' precision.
+    """CDUL's initial soft pseudo-labels ŷ from raw cosines (docs/methods.md §4.4), computed in `sims`' precision.
 
     Args:
         sims: [B, 1 + g², C] raw cosines, view 0 global, then the g×g tiles (with `local=False`, any V >= 1).
@@ -295,7 +294,7 @@ def _create(ctx: LabelStateContext, cfg: CdulCfg) -> CdulState:
 LABEL_STATES.register(LabelStateInfo(
     name="cdul",
     description="CDUL: soft pseudo-labels from the teacher's global and tile views, refined by gradient alignment",
-    reference="Abdelfattah et al., CDUL (ICCV 2023); SPEC.md 4.4, 5",
+    reference="Abdelfattah et al., CDUL (ICCV 2023); docs/methods.md §4.4, 5",
     create=_create,
     cfg_cls=CdulCfg,
     dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},

@@ -1,8 +1,8 @@
-"""Label state `g2netpl`: the pseudo-label player of a two-player non-zero-sum game (SPEC.md 5).
+"""Label state `g2netpl`: the pseudo-label player of a two-player non-zero-sum game (docs/methods.md §5).
 
 Paper: Abdelfattah et al., "G2NetPL: Generic Game-Theoretic Network for Partial-Label Image Classification",
 BMVC 2022. The seed paper calls the game zero-sum, with a max over ŷ that would push labels away from the
-predictions; SPEC.md 5 gives the game to build instead, implemented here.
+predictions; docs/methods.md §5 gives the game to build instead, implemented here.
 
 The network player minimises `soft-bce` (BCE on observed cells + confidence-weighted BCE(p, ŷ) on unknown
 cells). The pseudo-label player, per unknown cell, minimises
@@ -34,19 +34,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
-from stages.train.labelstate.soft_labels import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.labelstate.soft_labels import (
     STORAGE_DTYPE,
     TEACHER_CLIP,
     SoftLabelCfg,
     SoftLabelState,
     initial_labels,
 )
-from stages.train.losses import EpochState, LossOutput
+from mlpl.stages.train.losses import EpochState, LossOutput
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +113,7 @@ def create_g2netpl(ctx: LabelStateContext, cfg: G2netplCfg) -> G2netplState:
     return G2netplState(ctx, cfg)
 
 
-# Neither SPEC.md nor the project's sources give the paper's values; these are chosen so that a label visited
+# Neither docs/methods.md nor the project's sources give the paper's values; these are chosen so that a label visited
 # once per epoch reaches a decision within a few epochs: η = 1 lets labels follow predictions between
 # sigmoid(±1) ≈ 0.27..0.73 and saturates the rest; α = 1 with K = 5 moves a label from 0.5 toward a prediction
 # of 0.05 to about 0.15 on its first visit (ŷ(1 − ŷ) ≤ 0.25 bounds each step by α/4·(η + |z|)). τ0 = 0.25 as
@@ -125,7 +124,7 @@ LABEL_STATES.register(LabelStateInfo(
     name="g2netpl",
     description="G2NetPL: per-image soft labels as the pseudo-label player of a non-zero-sum game "
                 "(entropy + penalty toward the prediction); confidence-aware easy-to-hard weights",
-    reference="Abdelfattah et al., G2NetPL, BMVC 2022; SPEC.md 5",
+    reference="Abdelfattah et al., G2NetPL, BMVC 2022; docs/methods.md §5",
     create=create_g2netpl,
     cfg_cls=G2netplCfg,
     dataset_defaults={name: dict(_G2NETPL_DEFAULTS) for name in HYPERPARAMETER_DATASETS},

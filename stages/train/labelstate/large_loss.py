@@ -1,11 +1,11 @@
-"""The `ll-cp` label state: LL-Cp's corrections become permanent observed positives (SPEC.md 3.4).
+"""The `ll-cp` label state: LL-Cp's corrections become permanent observed positives (docs/methods.md §3.4).
 
 Paper: Kim et al., "Large Loss Matters in Weakly Supervised Multi-Label Classification", CVPR 2022.
 
 The reference code writes a corrected cell into the dataset's observed-label matrix, so the image's next
 appearance (the next epoch) reads it as an observed positive, whose loss is BCE(s, 1) and which is never a
 candidate again. Here one int8 flag per cell records the corrections; `observed_for` applies them to every
-batch. (SPEC.md notes that the original LL repository ran LL-Ct under the name LL-Cp; this is the rule the
+batch. (docs/methods.md notes that the original LL repository ran LL-Ct under the name LL-Cp; this is the rule the
 paper describes.)
 """
 
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from schemas.labels import Observed
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
-from stages.train.losses import EpochState, LossOutput
+from mlpl.schemas.labels import Observed
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.losses import EpochState, LossOutput
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class LlCpState(LabelState):
 LABEL_STATES.register(LabelStateInfo(
     name="ll-cp",
     description="LL-Cp: corrected labels become permanent observed positives",
-    reference="Kim et al., CVPR 2022 (LL-Cp); SPEC.md 3.4",
+    reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
     create=LlCpState,
     cfg_cls=LlCpStateCfg,
     dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},

@@ -1,8 +1,8 @@
-"""Label state `plmcl`: per-image soft labels moved toward the network by heavy-ball momentum (SPEC.md 5).
+"""Label state `plmcl`: per-image soft labels moved toward the network by heavy-ball momentum (docs/methods.md §5).
 
 Paper: Abdelfattah et al., "PLMCL: Partial-Label Momentum Curriculum Learning for Multi-Label Image
 Classification", ECCV-W 2022. The seed paper's update `ŷ + α(ŷ − ŷ_prev) − βv` with v = ŷ − ŷ_prev never
-moves ŷ from its start; SPEC.md 5 gives the method to build instead, implemented here.
+moves ŷ from its start; docs/methods.md §5 gives the method to build instead, implemented here.
 
 After each optimiser step, for the batch's unknown cells, with p = sigmoid(s) of the step's detached logits:
 
@@ -33,12 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from schemas.errors import InputError
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
-from stages.train.labelstate.soft_labels import STORAGE_DTYPE, SoftLabelCfg, SoftLabelState, initial_labels
-from stages.train.losses import EpochState, LossOutput
+from mlpl.schemas.errors import InputError
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.labelstate.soft_labels import STORAGE_DTYPE, SoftLabelCfg, SoftLabelState, initial_labels
+from mlpl.stages.train.losses import EpochState, LossOutput
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +102,7 @@ def create_plmcl(ctx: LabelStateContext, cfg: PlmclCfg) -> PlmclState:
     return PlmclState(ctx, cfg)
 
 
-# Neither SPEC.md nor the project's sources give the paper's values; these are chosen for a label updated once
+# Neither docs/methods.md nor the project's sources give the paper's values; these are chosen for a label updated once
 # per epoch over about 10 epochs. With p fixed, η = 0.1 alone closes the gap to p by 0.9 per visit (35% left
 # after 10 visits); with μ = 0.5 the heavy-ball's gap shrinks like √μ ≈ 0.71 per visit (3% left), the
 # acceleration the velocity is for. τ0 = 0.25: the first epoch trains only on cells at least 75% sure (with
@@ -115,7 +114,7 @@ LABEL_STATES.register(LabelStateInfo(
     name="plmcl",
     description="PLMCL: per-image soft labels moved toward the network by heavy-ball momentum; "
                 "confidence-aware easy-to-hard weights",
-    reference="Abdelfattah et al., PLMCL, ECCV-W 2022; SPEC.md 5",
+    reference="Abdelfattah et al., PLMCL, ECCV-W 2022; docs/methods.md §5",
     create=create_plmcl,
     cfg_cls=PlmclCfg,
     dataset_defaults={name: dict(_PLMCL_DEFAULTS) for name in HYPERPARAMETER_DATASETS},

@@ -1,14 +1,14 @@
-"""Label state `role`: ROLE's learnable label estimator, a logit matrix g ∈ R^{N×C} (SPEC.md 3.2).
+"""Label state `role`: ROLE's learnable label estimator, a logit matrix g ∈ R^{N×C} (docs/methods.md §3.2).
 
 Paper: Cole et al., "Multi-Label Learning from Single Positive Labels", CVPR 2021.
 
 g is an `nn.Parameter` on the training device, trained by the run's Adam optimiser in its own parameter
-group at lr·`lr_mult` (SPEC.md 1.5: ROLE gives 10× only to its label estimator). It is a dense parameter, as
+group at lr·`lr_mult` (docs/methods.md §1.5: ROLE gives 10× only to its label estimator). It is a dense parameter, as
 in the released code: Adam steps every row, so a row that has had a gradient keeps moving on Adam's momentum
 after its batch. `batch_state` hands the loss sigmoid(g[rows]) *with* its gradient; the `role` loss trains g and the
 network together.
 
-Initialisation (SPEC.md 3.2): unknown cells uniform in logit space on [−logit(0.6), logit(0.6)] (estimates
+Initialisation (docs/methods.md §3.2): unknown cells uniform in logit space on [−logit(0.6), logit(0.6)] (estimates
 0.4..0.6), drawn from a CPU generator seeded with the run's seed (so the draw is the same on every device);
 observed positives at logit(0.995), observed negatives at logit(0.005).
 
@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo
 
 
 def logit(p: float) -> float:
@@ -59,7 +58,7 @@ class RoleCfg:
 
 
 def initial_logits(observed: np.ndarray, seed: int) -> torch.Tensor:
-    """The estimator's starting logits [N, C] float32 for `observed` ([N, C] `Observed` values), SPEC.md 3.2."""
+    """The estimator's starting logits [N, C] float32 for `observed` ([N, C] `Observed` values), methods §3.2."""
     generator = torch.Generator().manual_seed(seed)
     obs = torch.as_tensor(np.asarray(observed))
     init = UNKNOWN_INIT_BOUND * (2 * torch.rand(obs.shape, generator=generator, dtype=torch.float32) - 1)
@@ -109,7 +108,7 @@ class RoleState(LabelState):
 LABEL_STATES.register(LabelStateInfo(
     name="role",
     description="ROLE: a learnable per-image label estimator trained jointly with the network",
-    reference="Cole et al., CVPR 2021; SPEC.md 3.2",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
     create=RoleState,
     cfg_cls=RoleCfg,
     dataset_defaults={name: {"lr_mult": 10.0} for name in HYPERPARAMETER_DATASETS},

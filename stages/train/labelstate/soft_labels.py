@@ -1,5 +1,5 @@
 """Per-image soft labels shared by PLMCL and G2NetPL: the label table, its initialisation and the confidence-aware
-easy-to-hard scheduler (SPEC.md 5).
+easy-to-hard scheduler (docs/methods.md §5).
 
 Papers: Abdelfattah et al., "PLMCL: Partial-Label Momentum Curriculum Learning for Multi-Label Image
 Classification", ECCV-W 2022; Abdelfattah et al., "G2NetPL: Generic Game-Theoretic Network for Partial-Label
@@ -9,7 +9,7 @@ Image Classification", BMVC 2022. The network player of both is the `soft-bce` l
 **Soft labels.** Every training cell has a soft label ŷ ∈ [0, 1]. Observed cells hold their observed value
 (1 or 0) and are never updated (the loss reads the observed label there anyway); unknown cells start at 0.5
 (`init = "half"`) or at the teacher's global-view score softmax_c(cos/τ_T) (`init = "teacher"`, τ_T =
-`teacher_tau`, 0.01 as VLPL, SPEC.md 4.4), clipped to [1e-3, 1 − 1e-3] so that no label starts exactly
+`teacher_tau`, 0.01 as VLPL, docs/methods.md §4.4), clipped to [1e-3, 1 − 1e-3] so that no label starts exactly
 saturated (G2NetPL's logit would be infinite, its gradient ŷ(1−ŷ) zero for good). A row whose similarities are
 unreadable (NaN) starts at 0.5.
 
@@ -50,12 +50,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.train.labelstate import LabelState, LabelStateContext
-from stages.train.losses import EpochState
-from stages.train.pseudolabels import readable_sims
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.train.labelstate import LabelState, LabelStateContext
+from mlpl.stages.train.losses import EpochState
+from mlpl.stages.train.pseudolabels import readable_sims
 
 STORAGE_DTYPE = torch.float32
 """The dtype of every soft-label table (see the module docstring for why not float16)."""

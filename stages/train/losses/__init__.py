@@ -5,13 +5,13 @@ A loss is a pure, keyword-only function of tensors:
     fn(*, logits, observed, pseudo, epoch, cfg) -> LossOutput
 
 - `logits` float [B, C] (half precision is computed in float32, float64 stays float64);
-- `observed` int [B, C] with `schemas.labels.Observed` values (+1 positive, 0 unknown, −1 negative);
-- `pseudo` int [B, C] with `schemas.labels.Pseudo` values, or None. A pseudo-labeller returns its rule's
+- `observed` int [B, C] with `mlpl.schemas.labels.Observed` values (+1 positive, 0 unknown, −1 negative);
+- `pseudo` int [B, C] with `mlpl.schemas.labels.Pseudo` values, or None. A pseudo-labeller returns its rule's
   output for every cell; a loss reads it only where `observed == 0` (the observed label wins elsewhere);
 - `epoch` the `EpochState` (schedules are functions of it, never of hidden counters);
 - `cfg` the loss's frozen config dataclass, built with `create_loss_cfg`.
 
-It returns the per-cell terms and the regulariser; `total` is their one reduction (SPEC.md: mean over all
+It returns the per-cell terms and the regulariser; `total` is their one reduction (docs/methods.md: mean over all
 B·C cells, cells without a term included, plus the regulariser unnormalised).
 """
 
@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-from stages.registry import HYPERPARAMETER_DATASETS as HYPERPARAMETER_DATASETS  # re-exported for loss modules
-from stages.registry import Registry, build_cfg
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS as HYPERPARAMETER_DATASETS  # re-exported for loss modules
+from mlpl.stages.registry import Registry, build_cfg
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,12 @@ class LossInfo:
     Attributes:
         name: registry name (what configs and presets use).
         description: one line for `--help` and reports.
-        reference: paper and SPEC.md section.
+        reference: paper and docs/methods.md section.
         fn: the pure loss function (see the module docstring for its signature).
         cfg_cls: frozen dataclass of its hyperparameters; fields without a default are per-dataset.
         dataset_defaults: family name (one of `HYPERPARAMETER_DATASETS`) → field overrides.
         needs_pseudo: True if `fn` requires `pseudo` (False: optional or ignored).
-        label_state: the label state(s) (`stages.train.labelstate.LABEL_STATES`) the loss reads, or None.
+        label_state: the label state(s) (`mlpl.stages.train.labelstate.LABEL_STATES`) the loss reads, or None.
             Such a loss takes one more keyword, `state`: the dict of [B, C] tensors that state's
             `batch_state(rows)` gives for the batch (e.g. ROLE's label estimates, with their gradient).
     """
@@ -116,7 +115,7 @@ def create_loss_cfg(name: str, dataset: str | None, overrides: Mapping[str, Any]
 
 
 def nlog(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """SPEC.md's `nlog(x) = −log(x + ε)`; each loss family passes the ε its reference code uses."""
+    """docs/methods.md's `nlog(x) = −log(x + ε)`; each loss family passes the ε its reference code uses."""
     return -torch.log(x + eps)
 
 
@@ -148,7 +147,7 @@ def make_output(cells: torch.Tensor, regulariser: torch.Tensor | None = None,
 
 
 def expected_positives_regulariser(p: torch.Tensor, m: float) -> torch.Tensor:
-    """((mean over the batch of Σ_c p) − m)² / C², SPEC.md 3.7 (m̂ per mini-batch; p not detached)."""
+    """((mean over the batch of Σ_c p) − m)² / C², docs/methods.md §3.7 (m̂ per mini-batch; p not detached)."""
     return (p.sum(dim=1).mean() - m) ** 2 / p.shape[1] ** 2
 
 

@@ -1,16 +1,16 @@
-"""Baseline losses `bce`, `an`, `an-ls`, `wan` and `epr` (SPEC.md 3.1).
+"""Baseline losses `bce`, `an`, `an-ls`, `wan` and `epr` (docs/methods.md §3.1).
 
 Paper: Cole et al., "Multi-Label Learning from Single Positive Labels", CVPR 2021.
 
-All use SPEC.md's `nlog(x) = −log(sigmoid(s) + ε)` with ε = 1e-5, not BCE-with-logits: the published
+All use docs/methods.md's `nlog(x) = −log(sigmoid(s) + ε)` with ε = 1e-5, not BCE-with-logits: the published
 numbers of this family come from code that computes `-log(preds + 1e-5)`, which caps a cell's term at
 −log(1e-5) ≈ 11.5 and so changes what a confidently wrong cell contributes. Matching it keeps results
 comparable with the literature. (`bce` takes ε as an option: AEVLP's BCE+DAMP row uses its code's 1e-7.)
 
-The reference code rejects observed negatives (−1); they occur in the partial-label regimes (SPEC.md 1.4).
+The reference code rejects observed negatives (−1); they occur in the partial-label regimes (docs/methods.md §1.4).
 How each loss treats such a cell is stated in its docstring: `an`, `an-ls` and `wan` give it their
 negative term (every cell that is not an observed positive is a negative for them); `epr` gives it no term,
-as SPEC.md 3.1 writes ("others 0"), unless `observed_negative = "negative"`.
+as docs/methods.md §3.1 writes ("others 0"), unless `observed_negative = "negative"`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed, Pseudo
-from stages.train.losses import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.train.losses import (
     HYPERPARAMETER_DATASETS,
     LOSSES,
     EpochState,
@@ -90,8 +89,8 @@ class EprCfg:
     """Options of `epr`.
 
     Attributes:
-        m: expected number of positives per image (SPEC.md 1.1; per dataset).
-        observed_negative: what an observed −1 gets: "ignore" no term (SPEC.md 3.1: "others 0"),
+        m: expected number of positives per image (docs/methods.md §1.1; per dataset).
+        observed_negative: what an observed −1 gets: "ignore" no term (docs/methods.md §3.1: "others 0"),
             "negative" nlog(1−p) (uses the observed negatives of partial-label regimes).
     """
 
@@ -209,7 +208,7 @@ def wan(
 ) -> LossOutput:
     """Weak assume negative: AN with each unknown cell's term divided by C − 1.
 
-    Observed positive → nlog(p); unknown → nlog(1−p)/(C−1); observed −1 → nlog(1−p), not divided: SPEC.md
+    Observed positive → nlog(p); unknown → nlog(1−p)/(C−1); observed −1 → nlog(1−p), not divided: docs/methods.md
     3.1 divides the y_obs = 0 term only, and the down-weighting is for negatives that are assumed, while an
     observed negative is a label as certain as the observed positive.
 
@@ -244,7 +243,7 @@ def epr(
 ) -> LossOutput:
     """Expected positive regularisation: observed positives only, plus a penalty on the predicted count.
 
-    Observed positive → nlog(p); unknown → no term; observed −1 → no term (SPEC.md 3.1: "others 0"), or
+    Observed positive → nlog(p); unknown → no term; observed −1 → no term (docs/methods.md §3.1: "others 0"), or
     nlog(1−p) with `cfg.observed_negative = "negative"`. Regulariser, unweighted as in the reference code:
     ((mean over the batch of Σ_c p) − m)² / C².
 
@@ -269,7 +268,8 @@ def epr(
 
 _NO_DATASET_DEFAULTS: dict[str, dict] = {name: {} for name in HYPERPARAMETER_DATASETS}
 
-# SPEC.md 1.1's expected positives (Cole et al.'s code has COCO 2.5; SPEC.md and the later papers use 2.9).
+# docs/methods.md §1.1's expected positives (Cole et al.'s code has COCO 2.5; the later papers
+# use 2.9).
 # digits: canvases hold 1–4 digits uniformly, so 2.5.
 _EPR_DEFAULTS: dict[str, dict] = {"voc": {"m": 1.5}, "coco": {"m": 2.9}, "nus": {"m": 1.9}, "cub": {"m": 31.4},
                                   "digits": {"m": 2.5}}
@@ -278,7 +278,7 @@ LOSSES.register(LossInfo(
     name="bce",
     description="binary cross-entropy on observed labels (full-label upper bound); unknowns take the "
                 "pseudo-label when one is given",
-    reference="SPEC.md 3.1; AEVLP Table 2 (BCE+DAMP)",
+    reference="docs/methods.md §3.1; AEVLP Table 2 (BCE+DAMP)",
     fn=bce,
     cfg_cls=BceCfg,
     dataset_defaults=_NO_DATASET_DEFAULTS,
@@ -287,7 +287,7 @@ LOSSES.register(LossInfo(
 LOSSES.register(LossInfo(
     name="an",
     description="assume negative: every unobserved label is a negative",
-    reference="Cole et al., CVPR 2021; SPEC.md 3.1",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
     fn=an,
     cfg_cls=AnCfg,
     dataset_defaults=_NO_DATASET_DEFAULTS,
@@ -296,7 +296,7 @@ LOSSES.register(LossInfo(
 LOSSES.register(LossInfo(
     name="an-ls",
     description="assume negative with symmetric label smoothing (0.1)",
-    reference="Cole et al., CVPR 2021; SPEC.md 3.1",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
     fn=an_ls,
     cfg_cls=AnLsCfg,
     dataset_defaults=_NO_DATASET_DEFAULTS,
@@ -305,7 +305,7 @@ LOSSES.register(LossInfo(
 LOSSES.register(LossInfo(
     name="wan",
     description="weak assume negative: assumed negatives weighted 1/(C-1)",
-    reference="Cole et al., CVPR 2021; SPEC.md 3.1",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
     fn=wan,
     cfg_cls=WanCfg,
     dataset_defaults=_NO_DATASET_DEFAULTS,
@@ -315,7 +315,7 @@ LOSSES.register(LossInfo(
     name="epr",
     description="expected positive regularisation: observed positives plus a penalty pulling the predicted "
                 "number of positives toward m",
-    reference="Cole et al., CVPR 2021; SPEC.md 3.1",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
     fn=epr,
     cfg_cls=EprCfg,
     dataset_defaults=_EPR_DEFAULTS,

@@ -1,4 +1,4 @@
-"""The entropy family: `em` (SPEC.md 3.1), `em-apl` (SPEC.md 3.3) and `vlpl` (SPEC.md 3.8).
+"""The entropy family: `em` (docs/methods.md §3.1), `em-apl` (docs/methods.md §3.3) and `vlpl` (docs/methods.md §3.8).
 
 Papers: Zhou et al., "Acknowledging the Unknown for Multi-label Learning with Single Positive Labels",
 ECCV 2022 (EM, APL); Xing et al., "Vision-Language Pseudo-Labels for Single-Positive Multi-Label Learning",
@@ -6,9 +6,9 @@ ECCV 2022 (EM, APL); Xing et al., "Vision-Language Pseudo-Labels for Single-Posi
 
 An unknown label is not assumed negative: its term is −α·H(p), the negative binary entropy, so training
 *maximises* the entropy of unknown predictions, pulling them toward 0.5 instead of pushing them to 0 as AN
-does (which is why EM models are read at a threshold of 0.75, SPEC.md 2). The loss can therefore be negative.
+does (which is why EM models are read at a threshold of 0.75, docs/methods.md §2). The loss can therefore be negative.
 
-Every log is SPEC.md's `nlog(x) = −log(x + ε)` with ε = 1e-5: the released EM/APL and VLPL code computes
+Every log is docs/methods.md's `nlog(x) = −log(x + ε)` with ε = 1e-5: the released EM/APL and VLPL code computes
 `-log(preds + 1e-5)` for the entropy as well as for the positive term, so H(p) here is
 −p·log(p + ε) − (1 − p)·log(1 − p + ε), exactly the reference's value.
 
@@ -25,10 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed, Pseudo
-from stages.train.losses import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
     LossInfo,
@@ -41,10 +40,10 @@ from stages.train.losses import (
 
 EPS = 1e-5  # the released EM/APL and VLPL code's LOG_EPSILON
 
-# α, the weight of the entropy term (SPEC.md 3.1). digits: VOC's, the nearest label space (10 classes with
+# α, the weight of the entropy term (docs/methods.md §3.1). digits: VOC's, the nearest label space (10 classes with
 # 2.5 positives per image against VOC's 20 with 1.5; COCO/NUS have 80, CUB 312).
 _ALPHA = {"voc": 0.2, "coco": 0.1, "nus": 0.1, "cub": 0.01, "digits": 0.2}
-# β, the weight of APL's soft negatives (SPEC.md 3.3). digits: VOC's, for the same reason as α.
+# β, the weight of APL's soft negatives (docs/methods.md §3.3). digits: VOC's, for the same reason as α.
 _BETA = {"voc": 0.02, "coco": 0.9, "nus": 0.2, "cub": 0.4, "digits": 0.02}
 
 
@@ -55,7 +54,7 @@ def _check_weight(name: str, value: float) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class EmCfg:
-    """Hyperparameters of EM (SPEC.md 3.1).
+    """Hyperparameters of EM (docs/methods.md §3.1).
 
     Attributes:
         alpha: weight of the entropy term on unknown labels (per dataset).
@@ -69,7 +68,7 @@ class EmCfg:
 
 @dataclass(frozen=True, kw_only=True)
 class EmAplCfg(EmCfg):
-    """Hyperparameters of EM+APL (SPEC.md 3.3): EM's, plus the soft negatives' weight.
+    """Hyperparameters of EM+APL (docs/methods.md §3.3): EM's, plus the soft negatives' weight.
 
     Attributes:
         beta: weight of the soft-negative term (per dataset).
@@ -84,7 +83,7 @@ class EmAplCfg(EmCfg):
 
 @dataclass(frozen=True, kw_only=True)
 class VlplLossCfg(EmCfg):
-    """Hyperparameters of the VLPL loss (SPEC.md 3.8): EM's, plus the positive pseudo-labels' term.
+    """Hyperparameters of the VLPL loss (docs/methods.md §3.8): EM's, plus the positive pseudo-labels' term.
 
     Attributes:
         positive_weight: weight of a positive pseudo-label's term (the released code's `beta_pos`).
@@ -218,7 +217,7 @@ def vlpl(
 LOSSES.register(LossInfo(
     name="em",
     description="entropy maximisation: observed positives plus the negative entropy of unknown labels",
-    reference="Zhou et al., ECCV 2022; SPEC.md 3.1",
+    reference="Zhou et al., ECCV 2022; docs/methods.md §3.1",
     fn=em,
     cfg_cls=EmCfg,
     dataset_defaults={name: {"alpha": alpha} for name, alpha in _ALPHA.items()},
@@ -228,7 +227,7 @@ LOSSES.register(LossInfo(
     name="em-apl",
     description="EM plus asymmetric pseudo-labelling: the lowest-scoring unknown labels become frozen soft "
                 "negatives",
-    reference="Zhou et al., ECCV 2022; SPEC.md 3.3",
+    reference="Zhou et al., ECCV 2022; docs/methods.md §3.3",
     fn=em_apl,
     cfg_cls=EmAplCfg,
     dataset_defaults={name: {"alpha": _ALPHA[name], "beta": _BETA[name]} for name in _ALPHA},
@@ -238,7 +237,7 @@ LOSSES.register(LossInfo(
 LOSSES.register(LossInfo(
     name="vlpl",
     description="VLPL: EM plus smoothed positive pseudo-labels from the teacher",
-    reference="Xing et al., 2023 (VLPL); SPEC.md 3.8",
+    reference="Xing et al., 2023 (VLPL); docs/methods.md §3.8",
     fn=vlpl,
     cfg_cls=VlplLossCfg,
     dataset_defaults={name: {"alpha": alpha, "positive_weight": 0.7, "positive_target": 0.9}

@@ -1,4 +1,4 @@
-"""Large-loss modification `ll-r`, `ll-ct`, `ll-cp` (SPEC.md 3.4): the largest losses among unknown labels
+"""Large-loss modification `ll-r`, `ll-ct`, `ll-cp` (docs/methods.md §3.4): the largest losses among unknown labels
 are taken for hidden positives and rejected or corrected.
 
 Paper: Kim et al., "Large Loss Matters in Weakly Supervised Multi-Label Classification", CVPR 2022.
@@ -28,10 +28,9 @@ from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.train.losses import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
     LossInfo,
@@ -208,7 +207,8 @@ def _deltas(spec: float, digits: float) -> dict[str, dict]:
     return {**{name: {"delta": spec} for name in ("voc", "coco", "nus", "cub")}, "digits": {"delta": digits}}
 
 
-# Δ: SPEC.md 3.4 for the four real families. digits: the SPEC value × 6, the ratio of hidden positives per cell
+# Δ: docs/methods.md §3.4 for the four real families. digits: the documented value × 6,
+# the ratio of hidden positives per cell
 # (digits (2.5 − 1)/10 = 0.15 against VOC's (1.5 − 1)/20 = 0.025), so that the modified share keeps the same
 # proportion to the hidden positives as in the paper.
 LL_R_DEFAULTS = _deltas(0.5, 3.0)
@@ -218,7 +218,7 @@ LL_CP_DEFAULTS = _deltas(0.1, 0.6)
 LOSSES.register(LossInfo(
     name="ll-r",
     description="large loss rejection: assume negative, the largest unknown losses dropped (a growing share)",
-    reference="Kim et al., CVPR 2022 (LL-R); SPEC.md 3.4",
+    reference="Kim et al., CVPR 2022 (LL-R); docs/methods.md §3.4",
     fn=ll_r,
     cfg_cls=LargeLossCfg,
     dataset_defaults=LL_R_DEFAULTS,
@@ -227,7 +227,7 @@ LOSSES.register(LossInfo(
 LOSSES.register(LossInfo(
     name="ll-ct",
     description="large loss correction (temporary): the largest unknown losses get target 1 for the step",
-    reference="Kim et al., CVPR 2022 (LL-Ct); SPEC.md 3.4",
+    reference="Kim et al., CVPR 2022 (LL-Ct); docs/methods.md §3.4",
     fn=ll_ct,
     cfg_cls=LargeLossCfg,
     dataset_defaults=LL_CT_DEFAULTS,
@@ -236,7 +236,7 @@ LOSSES.register(LossInfo(
 LOSSES.register(LossInfo(
     name="ll-cp",
     description="large loss correction (permanent): the largest unknown losses become observed positives",
-    reference="Kim et al., CVPR 2022 (LL-Cp); SPEC.md 3.4",
+    reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
     fn=ll_cp,
     cfg_cls=LargeLossCfg,
     dataset_defaults=LL_CP_DEFAULTS,

@@ -1,7 +1,7 @@
-"""`partial-bce`: BCE over the observed labels, normalised by how many labels an image has (SPEC.md 3.1).
+"""`partial-bce`: BCE over the observed labels, normalised by how many labels an image has (docs/methods.md §3.1).
 
 Paper: Durand et al., "Learning a Deep ConvNet for Multi-label Classification with Partial Labels",
-CVPR 2019. For the partial-label regimes (SPEC.md 1.4), where a kept cell is an observed positive or an
+CVPR 2019. For the partial-label regimes (docs/methods.md §1.4), where a kept cell is an observed positive or an
 observed negative.
 
 Per image, with q the fraction of its C cells that are observed and g(q) = a·q^γ + b:
@@ -9,8 +9,8 @@ Per image, with q the fraction of its C cells that are observed and g(q) = a·q^
     loss_image = −(g(q)/C) · Σ_c ([y_obs=1]·log p_c + [y_obs=−1]·log(1 − p_c))
 
 g(1) = 1 (a fully labelled image weighs as plain BCE), and an image with few labels weighs more per label
-(g(0.1) ≈ 5 with SPEC.md's a = −4.45, b = 5.45, γ = 1), so that every image's loss has a comparable scale.
-The logs are exact, log p = logsigmoid(s): Durand et al. write the loss on logits, and SPEC.md gives plain
+(g(0.1) ≈ 5 with docs/methods.md's a = −4.45, b = 5.45, γ = 1), so that every image's loss has a comparable scale.
+The logs are exact, log p = logsigmoid(s): Durand et al. write the loss on logits, and docs/methods.md gives plain
 `log` (no ε) for this loss.
 """
 
@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.losses import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
     LossInfo,
@@ -37,7 +36,7 @@ from stages.train.losses import (
 
 @dataclass(frozen=True, kw_only=True)
 class PartialBceCfg:
-    """The normalisation g(q) = a·q^γ + b of `partial-bce` (SPEC.md 3.1; the same for every dataset).
+    """The normalisation g(q) = a·q^γ + b of `partial-bce` (docs/methods.md §3.1; the same for every dataset).
 
     Attributes:
         a: slope of g; with b, fixes g(1) = a + b = 1 and g(0.1) ≈ 5.
@@ -83,7 +82,7 @@ def partial_bce(
 
     Per cell: g(q_b)·(−log p) on an observed positive, g(q_b)·(−log(1−p)) on an observed negative, 0 on an
     unknown cell. The project's one reduction is the mean over all B·C cells, so
-    `total = (1/(B·C)) Σ_b g(q_b) Σ_c term = (1/B) Σ_b (g(q_b)/C) Σ_c term`: SPEC.md's per-image loss
+    `total = (1/(B·C)) Σ_b g(q_b) Σ_c term = (1/B) Σ_b (g(q_b)/C) Σ_c term`: docs/methods.md's per-image loss
     averaged over the batch, with no further scaling of the cells. An image with no observed cell
     contributes 0.
 
@@ -110,7 +109,7 @@ LOSSES.register(LossInfo(
     name="partial-bce",
     description="partial-label BCE over observed labels, each image weighted by g(fraction of its labels "
                 "observed)",
-    reference="Durand et al., CVPR 2019; SPEC.md 3.1",
+    reference="Durand et al., CVPR 2019; docs/methods.md §3.1",
     fn=partial_bce,
     cfg_cls=PartialBceCfg,
     dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},

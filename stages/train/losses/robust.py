@@ -1,10 +1,11 @@
-"""Robust losses `gr` (SPEC.md 3.6) and `gpr` (SPEC.md 3.7) for single-positive labels with pseudo-labels.
+"""Robust losses `gr` (docs/methods.md §3.6) and `gpr` (docs/methods.md §3.7) for single-positive labels
+with pseudo-labels.
 
 Papers: Chen et al., "Boosting Single Positive Multi-label Classification with Generalized Robust Loss",
 IJCAI 2024 (GR); Tran et al., "More Reliable Pseudo-labels, Better Performance: A Generalized Approach
 to Single Positive Multi-label Learning", ICCV 2025 (GPR, the loss of AEVLP).
 
-The log terms are SPEC.md's `nlog(x) = −log(x + ε)` with ε = 1e-7, because the released GR/GPR code
+The log terms are docs/methods.md's `nlog(x) = −log(x + ε)` with ε = 1e-7, because the released GR/GPR code
 computes `-log(preds + 1e-7)` and the reference numbers depend on that cap. The power terms p^q2 and
 (1−p)^q1 have no ε in the reference; they are computed as exp(q·logsigmoid(±s)), which is the same value
 (to rounding) with a finite gradient even where sigmoid underflows to 0 (torch.pow's gradient is NaN there).
@@ -16,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from schemas.errors import InputError
-from schemas.labels import Observed, Pseudo
-from stages.train.losses import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
     LossInfo,
@@ -40,7 +40,7 @@ _ALPHA = (0.5, 2.0, 0.8, 0.5)
 
 @dataclass(frozen=True, kw_only=True)
 class GrCfg:
-    """Hyperparameters of GR (SPEC.md 3.6).
+    """Hyperparameters of GR (docs/methods.md §3.6).
 
     Attributes:
         beta: [w0, wT, b0, bT], the schedule of k̂'s slope w and offset b (per dataset).
@@ -63,7 +63,7 @@ class GrCfg:
 
 @dataclass(frozen=True, kw_only=True)
 class GprCfg(GrCfg):
-    """Hyperparameters of GPR (SPEC.md 3.7): GR's, plus the pseudo-label and regulariser weights.
+    """Hyperparameters of GPR (docs/methods.md §3.7): GR's, plus the pseudo-label and regulariser weights.
 
     Attributes:
         q3: weight of nlog(p) in a positive pseudo-label's term (the code's `rho`).
@@ -100,7 +100,7 @@ class GrSchedule:
 
 
 def gr_schedule(epoch: EpochState, beta: tuple[float, ...], alpha: tuple[float, ...]) -> GrSchedule:
-    """SPEC.md 3.6 schedules: w, b move by (e−1)/T (never reaching their end values), μ, σ by e/T.
+    """docs/methods.md §3.6 schedules: w, b move by (e−1)/T (never reaching their end values), μ, σ by e/T.
 
     Args:
         epoch: current epoch e (1-based) of T.
@@ -120,7 +120,7 @@ def gr_schedule(epoch: EpochState, beta: tuple[float, ...], alpha: tuple[float, 
 
 
 def gr_weights(p: torch.Tensor, schedule: GrSchedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """k̂ and v of SPEC.md 3.6, from detached p (they are weights, not paths for the gradient)."""
+    """k̂ and v of docs/methods.md §3.6, from detached p (they are weights, not paths for the gradient)."""
     p = p.detach()
     k_hat = torch.sigmoid(schedule.w * p + schedule.b)
     v = torch.exp(-((p - schedule.mu) ** 2) / (2 * schedule.sigma ** 2))
@@ -144,7 +144,7 @@ def gr(
 ) -> LossOutput:
     """GR loss: nlog(p) on observed positives, the weighted robust term on unknown cells.
 
-    An observed negative (partial-label regimes; SPEC.md is silent for GR) gets GPR's negative term
+    An observed negative (partial-label regimes; docs/methods.md is silent for GR) gets GPR's negative term
     v·nlog(1−p), as the released GPR code gives every cell whose final label is −1.
 
     Args:
@@ -218,7 +218,7 @@ _GR_DEFAULTS: dict[str, dict] = {
     "digits": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
 }
 
-# SPEC.md 3.7's table. digits: COCO's β, α, λ, η; m = 2.5 because canvases hold 1–4 digits uniformly.
+# docs/methods.md §3.7's table. digits: COCO's β, α, λ, η; m = 2.5 because canvases hold 1–4 digits uniformly.
 _GPR_DEFAULTS: dict[str, dict] = {
     name: {**_GR_DEFAULTS[name], "q3": 0.9, **extra}
     for name, extra in {
@@ -233,7 +233,7 @@ _GPR_DEFAULTS: dict[str, dict] = {
 LOSSES.register(LossInfo(
     name="gr",
     description="generalised robust loss: scheduled soft weights on unknown labels",
-    reference="Chen et al., IJCAI 2024; SPEC.md 3.6",
+    reference="Chen et al., IJCAI 2024; docs/methods.md §3.6",
     fn=gr,
     cfg_cls=GrCfg,
     dataset_defaults=_GR_DEFAULTS,
@@ -243,7 +243,7 @@ LOSSES.register(LossInfo(
     name="gpr",
     description="generalised pseudo-label robust loss (AEVLP): GR plus weighted positive/negative "
                 "pseudo-labels and an expected-positives regulariser",
-    reference="Tran et al., ICCV 2025 (AEVLP); SPEC.md 3.7",
+    reference="Tran et al., ICCV 2025 (AEVLP); docs/methods.md §3.7",
     fn=gpr,
     cfg_cls=GprCfg,
     dataset_defaults=_GPR_DEFAULTS,

@@ -1,4 +1,4 @@
-"""ROLE loss `role`: the network and a per-image label estimator teach each other (SPEC.md 3.2).
+"""ROLE loss `role`: the network and a per-image label estimator teach each other (docs/methods.md §3.2).
 
 Paper: Cole et al., "Multi-Label Learning from Single Positive Labels", CVPR 2021.
 
@@ -24,10 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed
-from stages.train.losses import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed
+from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
     LossInfo,
@@ -47,7 +46,7 @@ class RoleLossCfg:
     """Hyperparameters of the ROLE loss.
 
     Attributes:
-        m: expected number of positives per image (SPEC.md 1.1), the target of both regularisers.
+        m: expected number of positives per image (docs/methods.md §1.1), the target of both regularisers.
     """
 
     m: float
@@ -106,10 +105,10 @@ def role(
 LOSSES.register(LossInfo(
     name="role",
     description="ROLE: online label estimation; the network and a learnable label matrix teach each other",
-    reference="Cole et al., CVPR 2021; SPEC.md 3.2",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
     fn=role,
     cfg_cls=RoleLossCfg,
-    # m: SPEC.md 1.1's expected positives (the released code's table has COCO 2.5; SPEC.md's 2.9 is used);
+    # m: docs/methods.md §1.1's expected positives (the released code's table has COCO 2.5; 2.9 is used);
     # digits canvases hold 1-4 digits uniformly.
     dataset_defaults={"voc": {"m": 1.5}, "coco": {"m": 2.9}, "nus": {"m": 1.9}, "cub": {"m": 31.4},
                       "digits": {"m": 2.5}},

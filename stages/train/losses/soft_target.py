@@ -1,6 +1,6 @@
 """`soft-bce`: BCE on observed labels plus a weighted soft-target BCE toward per-image learnable labels.
 
-The network player's loss of the per-image label-state methods (SPEC.md 5): CDUL (Abdelfattah et al.,
+The network player's loss of the per-image label-state methods (docs/methods.md §5): CDUL (Abdelfattah et al.,
 "CDUL: CLIP-Driven Unsupervised Learning for Multi-Label Image Classification", ICCV 2023), PLMCL
 (Abdelfattah et al., "PLMCL: Partial-Label Momentum Curriculum Learning for Multi-Label Image
 Classification", ECCV-W 2022) and G2NetPL (Abdelfattah et al., "G2NetPL: Generic Game-Theoretic Network
@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from schemas.labels import Observed
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.losses import (
+from mlpl.schemas.labels import Observed
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
     LossInfo,
@@ -83,7 +82,7 @@ def soft_bce(
 LOSSES.register(LossInfo(
     name="soft-bce",
     description="BCE on observed labels + confidence-weighted soft-target BCE toward learnable per-image labels",
-    reference="Abdelfattah et al. (CDUL ICCV 2023, PLMCL 2022, G2NetPL BMVC 2022); SPEC.md 5",
+    reference="Abdelfattah et al. (CDUL ICCV 2023, PLMCL 2022, G2NetPL BMVC 2022); docs/methods.md §5",
     fn=soft_bce,
     cfg_cls=SoftBceCfg,
     dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},

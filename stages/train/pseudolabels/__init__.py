@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from schemas.labels import Pseudo
-from stages.registry import Registry, build_cfg
+from mlpl.schemas.labels import Pseudo
+from mlpl.stages.registry import Registry, build_cfg
 
 PseudoLabelFn = Callable[..., torch.Tensor]
 
@@ -38,7 +37,7 @@ class PseudoLabellerInfo:
     Attributes:
         name: registry name (what configs and presets use).
         description: one line for `--help` and reports.
-        reference: paper and SPEC.md section.
+        reference: paper and docs/methods.md section.
         fn: the pure rule (see the module docstring for its signature).
         cfg_cls: frozen dataclass of its stage-two parameters; fields without a default are per-dataset.
         dataset_defaults: family name (`voc`, `coco`, `nus`, `cub`, `digits`) → field values.
@@ -95,7 +94,7 @@ def readable_sims(sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def aggregate_tiles(s_tiles: torch.Tensor, threshold: torch.Tensor | float,
                     strict: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SPEC.md 4.3's tile aggregation (DAMP; CDUL's initialisation, 4.4): per class, the largest tile score ω
+    """docs/methods.md §4.3's tile aggregation (DAMP; CDUL's initialisation, 4.4): per class, the largest tile score ω
     where it exceeds `threshold` (`>`, or `>=` when not `strict`), else the smallest ψ.
 
     Args:

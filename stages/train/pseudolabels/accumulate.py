@@ -1,4 +1,4 @@
-"""Per-row union of pseudo-labels across epochs: the "accumulated" DAMP variant (SPEC.md 4.3) and its quality.
+"""Per-row union of pseudo-labels across epochs: the "accumulated" DAMP variant (docs/methods.md §4.3) and its quality.
 
 A cell once given the tracked value (by default a positive pseudo-label) stays marked for the rest of
 training. The training loop combines it with the current epoch's labels as
@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from schemas.labels import Pseudo
+from mlpl.schemas.labels import Pseudo
 
 
 class AccumulatedPseudoLabels:

@@ -1,4 +1,4 @@
-"""DAMP pseudo-labels from cached global and tile similarities (SPEC.md 4.3).
+"""DAMP pseudo-labels from cached global and tile similarities (docs/methods.md §4.3).
 
 Paper: Tran et al., "More Reliable Pseudo-labels, Better Performance: A Generalized Approach to Single
 Positive Multi-label Learning", ICCV 2025 (Dynamic Augmented Multi-focus Pseudo-labelling, part of AEVLP).
@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed, Pseudo
-from stages.train.pseudolabels import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.train.pseudolabels import (
     PSEUDOLABELLERS,
     PseudoLabellerInfo,
     aggregate_tiles,
@@ -26,7 +25,7 @@ from stages.train.pseudolabels import (
 
 @dataclass(frozen=True, kw_only=True)
 class DampCfg:
-    """Parameters of the DAMP rule (SPEC.md 4.3).
+    """Parameters of the DAMP rule (docs/methods.md §4.3).
 
     Attributes:
         tau: softmax temperature over classes, S = softmax(cos/τ) per view.
@@ -74,7 +73,7 @@ class DampScores:
 
 
 def damp_scores(sims: torch.Tensor, observed: torch.Tensor, cfg: DampCfg) -> DampScores:
-    """S_g, ω, ψ, ζ_local, S_agg, S_final and S_avg of SPEC.md 4.3 for NaN-free sims [B, V>=2, C].
+    """S_g, ω, ψ, ζ_local, S_agg, S_final and S_avg of docs/methods.md §4.3 for NaN-free sims [B, V>=2, C].
 
     With several observed positives (partial-label regimes) S_g[ĉ] is their largest S_g, as the
     released code's max(S_g · y_obs) gives.
@@ -138,7 +137,7 @@ def damp(
     return undefined_where_unreadable(labels, unreadable)
 
 
-# SPEC.md 4.3's table; digits: chosen by validation mAP of AEVLP runs over a small grid
+# docs/methods.md §4.3's table; digits: chosen by validation mAP of AEVLP runs over a small grid
 # (benchmarks/tune_digits_damp.py; the selection is recorded in benchmarks/RESULTS.md).
 _DAMP_DEFAULTS: dict[str, dict] = {
     "voc": {"tau": 0.01, "nu": 0.0, "zeta_global": 0.5, "top_k": 3, "delta_neg": 0.2},
@@ -152,7 +151,7 @@ PSEUDOLABELLERS.register(PseudoLabellerInfo(
     name="damp",
     description="DAMP: global view plus max/min over tiles, top-k positives above a threshold, "
                 "lowest-scoring classes negative",
-    reference="Tran et al., ICCV 2025 (AEVLP); SPEC.md 4.3",
+    reference="Tran et al., ICCV 2025 (AEVLP); docs/methods.md §4.3",
     fn=damp,
     cfg_cls=DampCfg,
     dataset_defaults=_DAMP_DEFAULTS,

@@ -1,4 +1,4 @@
-"""`ll-ct` pseudo-labels: the cells LL-Ct would correct in this batch and epoch become positives (SPEC.md 4.4).
+"""`ll-ct` pseudo-labels: the cells LL-Ct would correct in this batch and epoch become positives (docs/methods.md §4.4).
 
 Papers: Kim et al., "Large Loss Matters in Weakly Supervised Multi-Label Classification", CVPR 2022 (LL-Ct);
 Tran et al., ICCV 2025, Table 2 (GPR+LL-Ct: LL-Ct's corrections fed to GPR as positive pseudo-labels).
@@ -11,11 +11,10 @@ its assume-negative loss is among the batch's largest, with LL-Ct's schedule (no
 from __future__ import annotations
 
 import torch
-
-from schemas.labels import Pseudo
-from stages.train.losses import EpochState
-from stages.train.losses.large_loss import LL_CT_DEFAULTS, LargeLossCfg, large_loss_selection
-from stages.train.pseudolabels import PSEUDOLABELLERS, PseudoLabellerInfo
+from mlpl.schemas.labels import Pseudo
+from mlpl.stages.train.losses import EpochState
+from mlpl.stages.train.losses.large_loss import LL_CT_DEFAULTS, LargeLossCfg, large_loss_selection
+from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, PseudoLabellerInfo
 
 
 def ll_ct_positives(
@@ -51,7 +50,7 @@ PSEUDOLABELLERS.register(PseudoLabellerInfo(
     name="ll-ct",
     description="LL-Ct corrections: positives where the network's assume-negative loss on an unknown label "
                 "is among the batch's largest",
-    reference="Kim et al., CVPR 2022 (LL-Ct); Tran et al., ICCV 2025, Table 2 (GPR+LL-Ct); SPEC.md 4.4",
+    reference="Kim et al., CVPR 2022 (LL-Ct); Tran et al., ICCV 2025, Table 2 (GPR+LL-Ct); docs/methods.md §4.4",
     fn=ll_ct_positives,
     cfg_cls=LargeLossCfg,
     dataset_defaults=LL_CT_DEFAULTS,

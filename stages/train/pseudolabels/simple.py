@@ -1,4 +1,4 @@
-"""Simple pseudo-labellers: `vlpl` (global-view threshold), `random` and `none` (SPEC.md 4.4).
+"""Simple pseudo-labellers: `vlpl` (global-view threshold), `random` and `none` (docs/methods.md §4.4).
 
 Papers: Xing et al., "Vision-Language Pseudo-Labels for Single-Positive Multi-Label Learning", 2023 (VLPL);
 Tran et al., ICCV 2025, Table 2 (random pseudo-labels fed to GPR as a control).
@@ -9,11 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from schemas.errors import InputError
-from schemas.labels import Observed, Pseudo
-from stages.registry import HYPERPARAMETER_DATASETS
-from stages.train.pseudolabels import (
+from mlpl.schemas.errors import InputError
+from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.pseudolabels import (
     PSEUDOLABELLERS,
     PseudoLabellerInfo,
     check_pseudo_inputs,
@@ -142,7 +141,7 @@ def no_pseudo_labels(
 PSEUDOLABELLERS.register(PseudoLabellerInfo(
     name="vlpl",
     description="VLPL: positives where the global view's softmax score exceeds a threshold",
-    reference="Xing et al., 2023 (VLPL); SPEC.md 4.4",
+    reference="Xing et al., 2023 (VLPL); docs/methods.md §4.4",
     fn=vlpl,
     cfg_cls=VlplCfg,
     dataset_defaults={name: {"tau": 0.01, "threshold": 0.3} for name in HYPERPARAMETER_DATASETS},
@@ -150,17 +149,17 @@ PSEUDOLABELLERS.register(PseudoLabellerInfo(
 PSEUDOLABELLERS.register(PseudoLabellerInfo(
     name="random",
     description="random positives among unknown labels, (m - 1) per image on average",
-    reference="Tran et al., ICCV 2025, Table 2 (GPR+Random); SPEC.md 4.4",
+    reference="Tran et al., ICCV 2025, Table 2 (GPR+Random); docs/methods.md §4.4",
     fn=random_positives,
     cfg_cls=RandomCfg,
-    # m: SPEC.md 1.1's expected positives; digits canvases hold 1-4 digits uniformly.
+    # m: docs/methods.md §1.1's expected positives; digits canvases hold 1-4 digits uniformly.
     dataset_defaults={"voc": {"m": 1.5}, "coco": {"m": 2.9}, "nus": {"m": 1.9}, "cub": {"m": 31.4},
                       "digits": {"m": 2.5}},
 ))
 PSEUDOLABELLERS.register(PseudoLabellerInfo(
     name="none",
     description="no pseudo-labels (all undefined)",
-    reference="SPEC.md 4.4",
+    reference="docs/methods.md §4.4",
     fn=no_pseudo_labels,
     cfg_cls=NoneCfg,
     dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},
