@@ -99,3 +99,16 @@ def test_every_registered_name_is_documented(kind: str) -> None:
     text = METHODS_DOC.read_text(encoding="utf-8")
     undocumented = [name for name in _registered_names()[kind] if f"`{name}`" not in text]
     assert not undocumented, f"docs/methods.md does not name these {kind}s (as `name`): {undocumented}"
+
+
+def test_readme_links_the_references_and_links_resolve() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    unlinked = [name for name in ("methods.md", "architecture.md", "formats.md") if f"](docs/{name})" not in readme]
+    assert not unlinked, f"README.md does not link these documents: {unlinked}"
+    documents = sorted((ROOT / "docs").glob("*.md"))
+    broken = []
+    for page in [ROOT / "README.md", *documents]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} → {target}")
+    assert not broken, f"links to missing files: {broken}"
