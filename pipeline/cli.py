@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlpl.app import app, main
-from mlpl.commands import demo, methods, precompute, prepare, train  # noqa: F401
+from mlpl.commands import demo, methods, precompute, prepare, report, train  # noqa: F401
 
 __all__ = ["app", "main"]
 

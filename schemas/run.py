@@ -18,6 +18,7 @@ METRICS_JSONL = "metrics.jsonl"
 BEST_WEIGHTS = "best.safetensors"
 LAST_STATE = "last.pt"
 SUMMARY_JSON = "summary.json"
+PREDICTIONS_NPZ = "predictions-{split}.npz"
 
 METRIC_KEYS = ("map", "cf1", "of1", "macro_f1", "hamming")
 
@@ -67,6 +68,31 @@ def read_summary(run_dir: Path) -> RunSummary:
     d["val"] = SplitMetrics(**d["val"])
     d["test"] = SplitMetrics(**d["test"]) if d.get("test") else None
     return RunSummary(**d)
+
+
+def write_predictions(run_dir: Path, split: str, rows: Any, probs: Any, full: Any) -> None:
+    """A split's predicted probabilities (float16) and full labels, by row, for reports and plots."""
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS_NPZ.format(split=split)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, rows=np.asarray(rows, np.int64), probs=np.asarray(probs, np.float16),
+                        full=np.asarray(full, np.uint8))
+    os.replace(tmp, path)
+
+
+def read_predictions(run_dir: Path, split: str) -> tuple[Any, Any] | None:
+    """(probabilities [n, C] float32, full labels [n, C]) written by `write_predictions`, or None."""
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS_NPZ.format(split=split)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f["probs"].astype(np.float32), f["full"]
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: unreadable predictions file ({e}); delete it to predict again") from None
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:

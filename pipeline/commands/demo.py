@@ -79,7 +79,8 @@ def demo(
     import torch
     from mlpl.commands.precompute import precompute_clip
     from mlpl.commands.prepare import prepare
-    from mlpl.stages.evaluate.report import format_table, load_run_model, plot_probability_distributions
+    from mlpl.stages.evaluate.plots import plot_probability_distributions
+    from mlpl.stages.evaluate.report import format_table, load_run_model
     from mlpl.stages.train.loop import predict
     from mlpl.stages.train.stream import StreamCfg
 
@@ -97,7 +98,7 @@ def demo(
             stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=cfg.workers)
             _, probs, full = predict(model, ds, "test", stream, torch.device("cpu"))
             curves[row["method"]] = (probs, full)
-    plot = plot_probability_distributions(curves, out / "probabilities.png")
+    plot = plot_probability_distributions(curves, out / "probabilities")[0]
     summary = format_table(summarise(rows), SUMMARY_COLUMNS)
     (out / "results.md").write_text(table + "\n\n" + summary + "\n")
     typer.echo(table)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -85,16 +84,24 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run folder from `mlpl train`.")],
+    runs: Annotated[list[Path], typer.Argument(help="Run folders from `mlpl train` or `mlpl sweep`.")],
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     threshold: Annotated[float | None, typer.Option(help="Threshold for F1/Hamming (default: the run's).")] = None,
-    out: Annotated[Path | None, typer.Option(help="JSON file to write (default RUN/eval-<split>.json).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="JSON file to write (one run only; default RUN/eval-<split>.json).")] = None,
 ) -> None:
-    """Evaluate a run's best checkpoint on a split: print a table and write JSON."""
+    """Evaluate runs' best checkpoints on a split: print one table row per run and write JSON per run."""
+    from mlpl.schemas.run import write_json_atomic
     from mlpl.stages.evaluate.report import evaluate_run, format_table
 
-    result = evaluate_run(run, split, threshold)
-    path = out or run / f"eval-{split}.json"
-    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    typer.echo(format_table([{"run": run.name, **result["metrics"]}]))
-    typer.echo(f"wrote {path}")
+    if out is not None and len(runs) > 1:
+        raise InputError(f"--out: names one file, but {len(runs)} runs were given; leave it out to write "
+                         "RUN/eval-<split>.json in each")
+    rows = []
+    for run in runs:
+        result = evaluate_run(run, split, threshold)
+        path = out or run / f"eval-{split}.json"
+        write_json_atomic(path, result)
+        rows.append({"run": str(run), "method": result["method"], **result["metrics"]})
+    typer.echo(format_table(rows))
+    typer.echo(f"wrote {out or f'RUN/eval-{split}.json'} for {len(runs)} run(s)")

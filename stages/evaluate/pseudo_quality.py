@@ -27,6 +27,11 @@ COUNT_NAMES: tuple[str, ...] = (
     "neg_predicted", "neg_correct", "neg_true", "acc_neg_predicted", "acc_neg_correct",
 )
 """The order of `PseudoLabelQuality.counts`."""
+QUALITY_NAMES: tuple[str, ...] = (
+    "precision", "recall", "acc_precision", "acc_recall",
+    "neg_precision", "neg_recall", "acc_neg_precision", "acc_neg_recall",
+)
+"""The keys of `PseudoLabelQuality.compute()`."""
 
 
 class PseudoLabelQuality:

@@ -1,4 +1,4 @@
-"""Evaluate a run's best checkpoint, format result tables, and plot per-class probability distributions."""
+"""Evaluate a run's best checkpoint, its test predictions for plots, and plain result tables."""
 
 from __future__ import annotations
 
@@ -49,6 +49,24 @@ def evaluate_run(run: Path, split: str, threshold: float | None = None) -> dict[
     return {"run": str(run), "split": split, "threshold": t, "method": cfg.method, "metrics": metrics}
 
 
+def test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(probabilities, full labels) of a run's test split: the ones the run saved, else predicted from its best
+    weights; None when its dataset has no test split."""
+    import torch
+    from mlpl.stages.train.loop import predict
+    from mlpl.stages.train.stream import StreamCfg
+
+    saved = run_schema.read_predictions(Path(run), "test")
+    if saved is not None:
+        return saved
+    cfg, model, ds = load_run_model(Path(run))
+    if not ds.meta.splits.get("test"):
+        return None
+    stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=cfg.workers)
+    _, probs, full = predict(model, ds, "test", stream, torch.device("cpu"))
+    return probs, full
+
+
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
     """A plain-text table (also valid Markdown) of dicts; numbers with 2 decimals (hamming with 4)."""
     columns = columns or tuple(rows[0].keys())
@@ -65,26 +83,3 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = N
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(columns), sep, *(line(r) for r in cells)])
-
-
-def plot_probability_distributions(results: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path:
-    """Histograms of predicted probabilities for positive vs negative cells, one panel per method
-    (the AEVLP paper's Fig. 2). `results[name] = (probs [n, C], full labels [n, C])`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), squeeze=False)
-    bins = np.linspace(0, 1, 26)
-    for ax, (name, (probs, full)) in zip(axes[0], results.items()):
-        ax.hist(probs[full == 0], bins=bins, alpha=0.6, density=True, label="negatives")
-        ax.hist(probs[full == 1], bins=bins, alpha=0.6, density=True, label="positives")
-        ax.set_title(name)
-        ax.set_xlabel("predicted probability")
-    axes[0][0].set_ylabel("density")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

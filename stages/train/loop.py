@@ -323,10 +323,11 @@ class Trainer:
         val = _metrics(vp, vf, self.cfg.threshold)
         test = None
         if self.ds.meta.splits.get("test", 0):
-            _, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp)
+            tr, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp)
             test = _metrics(tp, tf, self.cfg.threshold)
             if self.rank == 0:
                 run_schema.append_metrics(self.out, {"epoch": history["best_epoch"], "split": "test", **test})
+                run_schema.write_predictions(self.out, "test", tr, tp, tf)
         quality = {}
         for rec in run_schema.read_metrics(self.out):
             if rec["split"] == "train" and rec["epoch"] == history["best_epoch"]:
