@@ -12,7 +12,7 @@ cropped around that cell with a random margin and resized to 32 px. A batch hold
 one tile per class plus one tile whose cell is empty (captioned "a photo of an empty black square.",
 in training only), so inside a group the 11 captions are distinct and open_clip's `ClipLoss` (the
 symmetric contrastive loss) has no false negatives; its image→text half is the cross-entropy of each
-image against the class captions that the prototype in ARCHITECTURE.md trained with.
+image against the class captions.
 
 The trained model is cached as an open_clip model folder (`open_clip_config.json`,
 `open_clip_model.safetensors`, `metrics.json`) under `$MLPL_CACHE/teachers/digits-<hash>/`

@@ -69,7 +69,7 @@ TEACHERS.register(
     TeacherInfo(
         name="digits",
         description="tiny open_clip CLIP (ModifiedResNet 32 px + 2-layer text) trained on the digits teacher pool",
-        reference="ARCHITECTURE.md, 'The built-in world: digits'; stages/precompute/digits_teacher.py",
+        reference="docs/architecture.md, 'The built-in digits world'; stages/precompute/digits_teacher.py",
         prompt_template="a photo of the digit {name}.",
         datasets=("digits",),
     )
