@@ -16,7 +16,6 @@ written chunks (so a resumed run lists them too). Stage two treats a NaN row as 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -206,11 +205,9 @@ def _rank0_first(info: DistInfo, fn: Callable[[], Any]) -> Any:
 # reading shards into view batches (DataLoader workers)
 
 def _decode(data: bytes) -> Any:
-    from PIL import Image
+    from mlpl.schemas.images import decode_rgb
 
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
+    return decode_rgb(data)
 
 
 def _image_bytes(sample: dict[str, Any]) -> bytes | None:

@@ -171,7 +171,7 @@ def make_views(image: Any, seed: int, row: int, cfg: ViewCfg, out: np.ndarray | 
     """All views of one image for one augment seed.
 
     Args:
-        image: a PIL image (converted to RGB here).
+        image: a PIL image (converted to RGB here by the rule of schemas/images.py).
         seed: the augment seed e.
         row: the image's dataset row.
         cfg: view settings.
@@ -181,11 +181,12 @@ def make_views(image: Any, seed: int, row: int, cfg: ViewCfg, out: np.ndarray | 
         uint8 [V, S, S, 3]: global view first, then tiles row-major; each cropped (sub-pixel),
         resized to S×S, optionally weakly augmented, then optionally flipped.
     """
+    from mlpl.schemas.images import to_rgb
     from PIL import Image
 
     resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[cfg.interpolation]
     if image.mode != "RGB":
-        image = image.convert("RGB")
+        image = to_rgb(image)
     params = draw_view_params(seed, row, cfg)
     width, height = float(image.width), float(image.height)
     boxes = [[0.0, 0.0, width, height]] + _tile_boxes(width, height, cfg.grid, params.overlaps.tolist())

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import numpy as np
 from mlpl.schemas.errors import InputError
 from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
-from mlpl.stages.prepare.sources import FileBytes, image_ext, load_classnames, write_from_source
+from mlpl.stages.prepare.sources import image_ext, image_file, load_classnames, write_from_source
 from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,11 @@ def read_instances(path: Path) -> CocoInstances:
         if item is None:
             continue
         if key == "images":
-            file_names[_field(item, "id", int, path, "an entry of 'images'")] = _field(
-                item, "file_name", str, path, f"image {item.get('id')!r}")
+            image_id = _field(item, "id", int, path, "an entry of 'images'")
+            if image_id in file_names:
+                raise InputError(f"{path}: image id {image_id} appears twice in 'images' ({file_names[image_id]!r} "
+                                 f"and {item.get('file_name')!r}); expected each id once")
+            file_names[image_id] = _field(item, "file_name", str, path, f"image {image_id!r}")
         elif key == "annotations":
             where = f"annotation {item.get('id')!r}" if isinstance(item, dict) else "an entry of 'annotations'"
             ann_image.append(_field(item, "image_id", int, path, where))
@@ -217,9 +220,9 @@ def split_images(inst: CocoInstances, image_dir: Path) -> tuple[list[SourceImage
     items, names = [], []
     for key in keys:
         name = inst.file_names[int(key)]
-        path = image_dir / name
+        reader = image_file(image_dir, name, f"{inst.path}: image {key}")
         items.append(SourceImage(key=key, labels=labels[int(key)], ext=image_ext(name, str(inst.path)),
-                                 read=FileBytes(path), origin=str(path)))
+                                 read=reader, origin=str(reader.path)))
         names.append(name)
     info = {
         "json": str(inst.path),

@@ -16,9 +16,9 @@ import numpy as np
 from mlpl.schemas.errors import InputError
 from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
 from mlpl.stages.prepare.sources import (
-    FileBytes,
     find_layout_root,
     image_ext,
+    image_file,
     load_classnames,
     parse_int,
     read_lines,
@@ -134,10 +134,10 @@ def prepare_cub(req: PrepareRequest) -> PrepareReport:
     present = read_attribute_labels(base / ATTRIBUTE_LABELS, ids, len(classes))
     items: dict[str, list[SourceImage]] = {"train": [], "test": []}
     for i, name in enumerate(names):
-        path = base / "images" / name
+        reader = image_file(base / "images", name, f"{base / 'images.txt'}: image {ids[i]}")
         items["train" if is_train[i] else "test"].append(SourceImage(
             key=name, labels=np.flatnonzero(present[i]).astype(np.int16), ext=image_ext(name, str(base / "images.txt")),
-            read=FileBytes(path), origin=str(path)))
+            read=reader, origin=str(reader.path)))
     log.info("cub: %d train, %d test images", len(items["train"]), len(items["test"]))
     source = {
         "layout": "cub-200-2011",

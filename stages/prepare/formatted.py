@@ -25,7 +25,7 @@ from mlpl.schemas.dataset import (
 from mlpl.schemas.errors import InputError
 from mlpl.stages.prepare.datasets import DatasetInfo, PrepareRequest
 from mlpl.stages.prepare.observations import official_train_labels, parse_regime, single_positive
-from mlpl.stages.prepare.sources import FileBytes, image_ext, load_classnames, write_from_source
+from mlpl.stages.prepare.sources import image_ext, image_file, load_classnames, write_from_source
 from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,11 @@ def prepare_formatted(info: DatasetInfo, req: PrepareRequest) -> PrepareReport:
     items: dict[str, list[SourceImage]] = {}
     for split, arr in arrays.items():
         origin = str(folder / formatted_name(split, "images"))
-        items[split] = [
-            SourceImage(key=key, labels=np.flatnonzero(row).astype(np.int16), ext=image_ext(key, origin),
-                        read=FileBytes(images_root / key), origin=str(images_root / key))
-            for key, row in zip((str(k) for k in arr["images"]), arr["labels"])
-        ]
+        items[split] = []
+        for i, (key, row) in enumerate(zip((str(k) for k in arr["images"]), arr["labels"])):
+            reader = image_file(images_root, key, f"{origin}: row {i}")
+            items[split].append(SourceImage(key=key, labels=np.flatnonzero(row).astype(np.int16),
+                                            ext=image_ext(key, origin), read=reader, origin=str(reader.path)))
     position = {}  # key → row of the given files (rows dropped by --skip-corrupt shift the table's order)
     for split, arr in arrays.items():
         position[split] = {key: i for i, key in enumerate(str(k) for k in arr["images"])}

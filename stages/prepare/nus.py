@@ -18,8 +18,8 @@ import numpy as np
 from mlpl.schemas.errors import InputError
 from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
 from mlpl.stages.prepare.sources import (
-    FileBytes,
     image_ext,
+    image_file,
     load_classnames,
     read_lines,
     require_file,
@@ -87,10 +87,10 @@ def read_pool(pool: Path, split: str) -> list[str]:
 
 def _items(root: Path, keys: list[str], labels: np.ndarray, origin: str) -> list[SourceImage]:
     items = []
-    for key, row in zip(keys, labels):
-        path = root / "Flickr" / key
+    for i, (key, row) in enumerate(zip(keys, labels)):
+        reader = image_file(root / "Flickr", key, f"{origin}: entry {i + 1}")
         items.append(SourceImage(key=key, labels=np.flatnonzero(row).astype(np.int16), ext=image_ext(key, origin),
-                                 read=FileBytes(path), origin=str(path)))
+                                 read=reader, origin=str(reader.path)))
     return items
 
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 from mlpl.schemas.dataset import DatasetMeta, LabelsTable
@@ -43,12 +43,43 @@ def load_classnames(file: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class FileBytes:
-    """`SourceImage.read` for an image file: its original bytes, read only when called."""
+    """`SourceImage.read` for an image file: its original bytes, read only when called.
+
+    With `root` (an already resolved folder), the file's real path (symbolic links followed) must lie inside
+    it, checked when read: a link in the source folder cannot make prepare copy a file from elsewhere.
+    """
 
     path: Path
+    root: Path | None = None
+    where: str = ""
 
     def __call__(self) -> bytes:
+        if self.root is not None and not self.path.resolve().is_relative_to(self.root):
+            raise InputError(f"{self.where or self.path}: image {str(self.path)!r} resolves to "
+                             f"{self.path.resolve()}, outside the source folder {self.root}; expected images "
+                             "inside it")
         return self.path.read_bytes()
+
+
+def image_file(root: Path, name: str, where: str) -> FileBytes:
+    """The reader of image `name` (a relative path from a source file) under `root`, kept inside `root`.
+
+    Every converter builds its image paths with this, so that a list, JSON or array received from others
+    cannot make prepare read a file outside the folder the user named: an absolute name, or one whose `..`
+    leaves `root`, is an error naming `where` (the file and row it came from).
+    """
+    pure = PurePosixPath(name.replace("\\", "/"))
+    parts = [p for p in pure.parts if p not in ("", ".")]
+    if pure.is_absolute() or PureWindowsPath(name).drive or ".." in parts or not parts:
+        raise InputError(f"{where}: image path {name!r} is absolute or leaves the source folder {root}; "
+                         "expected a path relative to it, without '..'")
+    base = _resolved(Path(root))
+    return FileBytes(base.joinpath(*parts), base, where)
+
+
+@cache
+def _resolved(root: Path) -> Path:
+    return root.resolve()
 
 
 def image_ext(name: str, origin: str) -> str:

@@ -17,8 +17,8 @@ import numpy as np
 from mlpl.schemas.errors import InputError
 from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
 from mlpl.stages.prepare.sources import (
-    FileBytes,
     find_layout_root,
+    image_file,
     load_classnames,
     parse_int,
     read_lines,
@@ -75,9 +75,9 @@ def read_image_set(
 def _items(base: Path, kept: list[str], positives: dict[str, list[int]]) -> list[SourceImage]:
     items = []
     for name in kept:
-        path = base / "JPEGImages" / f"{name}.jpg"
+        reader = image_file(base / "JPEGImages", f"{name}.jpg", f"{base / 'ImageSets' / 'Main'}: image {name!r}")
         items.append(SourceImage(key=name, labels=np.asarray(positives[name], dtype=np.int16), ext="jpg",
-                                 read=FileBytes(path), origin=str(path)))
+                                 read=reader, origin=str(reader.path)))
     return items
 
 

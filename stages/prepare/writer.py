@@ -33,6 +33,7 @@ from mlpl.schemas.dataset import (
     write_shards_info,
 )
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.images import DECODE_ERRORS, UPRIGHT, decode_rgb, exif_orientation
 from mlpl.schemas.labels import SPLITS
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class PrepareReport:
     out: Path
     splits: dict[str, int]
     skipped: list[str] = field(default_factory=list)
+    exif_rotated: int = 0  # images with an EXIF orientation other than upright, used as stored
 
 
 def validation_split(n: int, fraction: float = VAL_FRACTION, seed: int = VAL_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -68,20 +70,27 @@ def validation_split(n: int, fraction: float = VAL_FRACTION, seed: int = VAL_SEE
     return np.sort(perm[: n - n_val]), np.sort(perm[n - n_val :])
 
 
-def _check_image(item: SourceImage) -> tuple[bytes | None, str | None]:
-    """Read and verify one image; return (bytes, None) or (None, reason)."""
-    from PIL import Image
+@dataclass(frozen=True)
+class CheckedImage:
+    """The outcome of `check_image`: the original bytes, or why they cannot be used."""
 
+    data: bytes | None
+    error: str | None = None
+    rotated: bool = False  # carries an EXIF orientation other than upright (ignored, see schemas/images.py)
+
+
+def check_image(item: SourceImage) -> CheckedImage:
+    """Read one source image and decode it completely (the rule of schemas/images.py), as every converter's
+    images are checked: a truncated or undecodable file is reported, never written to a shard."""
     try:
         data = item.read()
     except OSError as e:
-        return None, f"cannot read ({e.__class__.__name__}: {e})"
+        return CheckedImage(None, f"cannot read ({e.__class__.__name__}: {e.strerror or e})")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-    except Exception as e:  # PIL raises many types for corrupt data
-        return None, f"not a decodable image ({e.__class__.__name__}: {e})"
-    return data, None
+        decode_rgb(data)
+    except DECODE_ERRORS as e:
+        return CheckedImage(None, f"not a decodable image ({e.__class__.__name__}: {e})")
+    return CheckedImage(data, None, exif_orientation(data) != UPRIGHT)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -124,6 +133,10 @@ def write_prepared(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             train = _drop_corrupt(train, pool, skip_corrupt, report) if skip_corrupt else list(train)
             test = _drop_corrupt(test, pool, skip_corrupt, report) if skip_corrupt else list(test)
+            if not train:
+                dropped = f" ({len(report.skipped)} unreadable images dropped by --skip-corrupt)" * bool(report.skipped)
+                raise InputError(f"{out}: no train image is left to write{dropped}; expected at least one readable "
+                                 "image in the official train split; nothing was written")
             tr_idx, va_idx = validation_split(len(train))
             ordered: list[tuple[str, int, SourceImage]] = (
                 [("train", int(i), train[i]) for i in tr_idx]
@@ -138,14 +151,15 @@ def write_prepared(
                     chunk = part[start : start + rows_per_shard]
                     first_row = len(rows)
                     entry = ShardEntry(shard_name(split, len(entries)), split, first_row, len(chunk))
-                    results = pool.map(_check_image, [item for _, item in chunk])
+                    results = pool.map(check_image, [item for _, item in chunk])
                     with tarfile.open(tmp / SHARDS_DIR / entry.name, "w", format=tarfile.USTAR_FORMAT) as tar:
-                        for (i, item), (data, err) in zip(chunk, results):
-                            if data is None:
-                                raise InputError(f"{item.origin or item.key}: {err}; expected a readable image "
-                                                 "(pass --skip-corrupt to drop such images)")
+                        for (i, item), checked in zip(chunk, results):
+                            if checked.data is None:
+                                raise InputError(f"{item.origin or item.key}: {checked.error}; expected a readable "
+                                                 "image (pass --skip-corrupt to drop such images)")
+                            report.exif_rotated += checked.rotated
                             row = len(rows)
-                            _add_member(tar, f"{row_key(row)}.{item.ext}", data)
+                            _add_member(tar, f"{row_key(row)}.{item.ext}", checked.data)
                             _add_member(tar, f"{row_key(row)}.row", str(row).encode())
                             rows.append(row)
                             keys.append(item.key)
@@ -170,6 +184,10 @@ def write_prepared(
         src = dict(source)
         if report.skipped:
             src["skipped_corrupt"] = report.skipped
+        if report.exif_rotated:
+            log.warning("%d images carry an EXIF orientation other than upright; their pixels are used as stored "
+                        "(EXIF orientation is ignored in both stages, see schemas/images.py)", report.exif_rotated)
+        src["exif_orientation"] = {"rule": "ignored", "images_not_upright": report.exif_rotated}
         meta = DatasetMeta(
             name=name,
             classes=classes,
@@ -192,9 +210,9 @@ def _drop_corrupt(
     items: Sequence[SourceImage], pool: ThreadPoolExecutor, skip: bool, report: PrepareReport
 ) -> list[SourceImage]:
     kept = []
-    for item, (data, err) in zip(items, pool.map(_check_image, items)):
-        if data is None:
-            log.warning("skipping %s: %s", item.origin or item.key, err)
+    for item, checked in zip(items, pool.map(check_image, items)):
+        if checked.data is None:
+            log.warning("skipping %s: %s", item.origin or item.key, checked.error)
             report.skipped.append(item.origin or item.key)
         else:
             kept.append(item)

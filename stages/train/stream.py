@@ -12,7 +12,6 @@ rank yields the same number of samples (short ranks repeat their first sample), 
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import random
@@ -118,14 +117,14 @@ class DecodeImage:
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        from mlpl.schemas.images import DECODE_ERRORS, decode_rgb
         from PIL import Image
 
         for sample in src:
             try:
-                with Image.open(io.BytesIO(sample.pop("bytes"))) as im:
-                    im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
-                    arr = np.array(im, dtype=np.uint8)
-            except Exception as e:  # a corrupt image is skipped and counted, never fatal
+                im = decode_rgb(sample.pop("bytes")).resize((self.image_size, self.image_size), Image.BILINEAR)
+                arr = np.array(im, dtype=np.uint8)
+            except DECODE_ERRORS as e:  # a corrupt image is skipped and counted, never fatal
                 log.warning("row %d: image could not be decoded (%s); skipped", sample["row"], e)
                 continue
             if self.flip and np.random.default_rng([self.seed, sample["row"]]).random() < 0.5:
