@@ -7,10 +7,10 @@ github.com/cs-mshah/CDUL) is the public implementation this module was checked a
 
 Initialisation (the pure `cdul_scores`): per view, S = softmax over classes of (temperature · cos), with the
 teacher's learned temperature (≈ 100 for CLIP); S_g the global view; over the g×g tiles ω = max and
-ψ = min per class; S_agg[c] = ω_c if ω_c > ζ else ψ_c; ŷ = (S_g + S_agg)/2 + λ·|S_g − S_agg|/2. docs/methods.md §4.4
-writes the variant's term as λ·|S_g − S_agg| and says λ = 1 gives the element-wise max; the two cannot both
-hold ((a + b)/2 + |a − b| = max(a, b) + |a − b|/2), and the max is the variant's stated purpose, so the term
-is halved: λ = 0 is the paper's average, λ = 1 the element-wise max.
+ψ = min per class; S_agg[c] = ω_c if ω_c > ζ else ψ_c; ŷ = (S_g + S_agg)/2 + λ·|S_g − S_agg|/2. The literature's
+description (docs/methods.md §4.4) writes the variant's term as λ·|S_g − S_agg| and says λ = 1 gives the element-wise
+max; the two cannot both hold ((a + b)/2 + |a − b| = max(a, b) + |a − b|/2), and the max is the variant's stated
+purpose, so the term is halved: λ = 0 is the paper's average, λ = 1 the element-wise max.
 
 Gradient alignment (`pseudo_label_step`): with the network fixed, each unknown cell's latent z (ŷ = σ(z))
 moves against the gradient of the soft-target BCE the network is trained with,

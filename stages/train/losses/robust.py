@@ -144,7 +144,7 @@ def gr(
 ) -> LossOutput:
     """GR loss: nlog(p) on observed positives, the weighted robust term on unknown cells.
 
-    An observed negative (partial-label regimes; docs/methods.md is silent for GR) gets GPR's negative term
+    An observed negative (partial-label regimes; the GR paper defines no term for it) gets GPR's negative term
     v·nlog(1−p), as the released GPR code gives every cell whose final label is −1.
 
     Args:
