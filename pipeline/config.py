@@ -18,7 +18,7 @@ from mlpl.stages.train.config import EARLY_STOP_RULES, TrainCfg
 
 # Which hyperparameter family of docs/methods.md a prepared dataset's name belongs to.
 DATASET_FAMILIES = {"voc2007": "voc", "voc2012": "voc", "voc": "voc", "coco": "coco", "coco2014": "coco",
-                    "nus": "nus", "cub": "cub", "digits": "digits"}
+                    "coco2017": "coco", "nus": "nus", "cub": "cub", "digits": "digits"}
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainCfg)}
@@ -117,8 +117,15 @@ def resolve_train_cfg(
     out: str,
     preset_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    family: str = "",
 ) -> TrainCfg:
-    family = DATASET_FAMILIES.get(dataset_name, "coco")
+    """The run's config; `family` is the dataset's recorded hyperparameter family ("" for datasets that predate
+    it: derived from `dataset_name`, and an unknown name is an error, never another dataset's settings)."""
+    if not family:
+        if dataset_name not in DATASET_FAMILIES:
+            raise InputError(f"--dataset: no hyperparameter family recorded for dataset {dataset_name!r} and none "
+                             f"known by its name ({sorted(DATASET_FAMILIES)}); prepare it again with --family")
+        family = DATASET_FAMILIES[dataset_name]
     defaults = tomllib.loads(((resources.files("mlpl") / "presets") / "_defaults.toml").read_text())
     preset = read_preset(method)
     d: dict[str, Any] = {}

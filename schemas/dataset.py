@@ -1,5 +1,9 @@
 """The prepared-dataset contract: `dataset.json`, `labels.parquet`, `observations/`, `shards/`.
 
+Full labels may be unknown: a row of the train split of a user's own data often has only the weak labels
+its owner really holds. `labels.parquet` (version 2) says so with a null `labels` cell, which is not the
+same as an empty list (known to hold none of the classes); version 1 files (every row known) stay readable.
+
 Row order: the rows of each split are contiguous (train, then val, then test), each split in the
 source's own order. A split therefore starts a new shard, so every shard covers a contiguous row
 range and the pseudo-label store (which covers the train split) can be chunked by whole shards.
@@ -27,7 +31,9 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import SPLITS, Observed
 
 DATASET_SCHEMA = "mlpl.dataset"
-DATASET_SCHEMA_VERSION = 1
+DATASET_SCHEMA_VERSION = 2
+READABLE_DATASET_VERSIONS = (1, 2)  # 1: before unknown full labels, family and expected positives
+LABELS_SCHEMA_VERSION = 2  # 2: a null `labels` cell means the row's full labels are unknown
 SHARDS_SCHEMA_VERSION = 1
 OBSERVATIONS_SCHEMA_VERSION = 1
 
@@ -73,6 +79,9 @@ class DatasetMeta:
     rows_per_shard: int
     regimes: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict)
+    family: str = ""  # hyperparameter family ("" in version 1 files: derived from `name`)
+    expected_positives: float | None = None  # m measured on this dataset (generic family), see `m_source`
+    m_source: str = ""  # how `expected_positives` was obtained, in words
     schema: str = DATASET_SCHEMA
     version: int = DATASET_SCHEMA_VERSION
 
@@ -109,10 +118,10 @@ class DatasetMeta:
             raise InputError(f"{path}: not valid JSON ({e})") from None
         if d.get("schema") != DATASET_SCHEMA:
             raise InputError(f"{path}: schema is {d.get('schema')!r}, expected {DATASET_SCHEMA!r}")
-        if d.get("version") != DATASET_SCHEMA_VERSION:
+        if d.get("version") not in READABLE_DATASET_VERSIONS:
             raise InputError(
-                f"{path}: dataset schema version {d.get('version')}, this mlpl reads version "
-                f"{DATASET_SCHEMA_VERSION}; prepare the dataset again"
+                f"{path}: dataset schema version {d.get('version')}, this mlpl reads versions "
+                f"{list(READABLE_DATASET_VERSIONS)}; prepare the dataset again"
             )
         try:
             d["classes"] = tuple(d["classes"])
@@ -122,9 +131,17 @@ class DatasetMeta:
             raise InputError(f"{path}: malformed dataset.json ({e})") from None
 
 
+class UnknownFullLabels(InputError):
+    """Full labels were asked for rows whose full labels are unknown (a user's own weakly labelled images)."""
+
+
 @dataclass(frozen=True)
 class LabelsTable:
-    """`labels.parquet` as arrays. `labels[i]` is an int16 array of class indices of row i."""
+    """`labels.parquet` as arrays. `labels[i]` is an int16 array of class indices of row i.
+
+    `known[i]` is False where row i's full labels are unknown (then `labels[i]` is empty and means nothing);
+    None means every row's full labels are known.
+    """
 
     row: np.ndarray
     key: list[str]
@@ -133,13 +150,39 @@ class LabelsTable:
     labels: list[np.ndarray]
     shard: np.ndarray
     classes: tuple[str, ...]
+    known: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.row)
 
-    def matrix(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """Full labels as a uint8 [n, C] matrix (1 = present)."""
+    def known_of(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Whether each row's full labels are known (bool [n])."""
+        idx = np.arange(len(self.row)) if rows is None else np.asarray(rows, dtype=np.int64)
+        return np.ones(len(idx), dtype=bool) if self.known is None else np.asarray(self.known, dtype=bool)[idx]
+
+    def all_known(self, rows: np.ndarray | None = None) -> bool:
+        return bool(self.known_of(rows).all())
+
+    def describe_unknown(self, rows: np.ndarray | None = None) -> str:
+        """'unknown full labels for N of M rows (first: row R, key K)', or '' when every row is known."""
+        idx = np.arange(len(self.row)) if rows is None else np.asarray(rows, dtype=np.int64)
+        unknown = idx[~self.known_of(idx)]
+        if not len(unknown):
+            return ""
+        first = int(unknown[0])
+        return (f"unknown full labels for {len(unknown)} of {len(idx)} rows "
+                f"(first: row {first}, key {self.key[first]!r})")
+
+    def matrix(self, rows: np.ndarray | None = None, *, unknown_as_empty: bool = False) -> np.ndarray:
+        """Full labels as a uint8 [n, C] matrix (1 = present).
+
+        A row with unknown full labels raises `UnknownFullLabels` (nothing may be computed on labels that do
+        not exist), unless `unknown_as_empty`, for callers that check `known_of` themselves.
+        """
         idx = np.arange(len(self.row)) if rows is None else np.asarray(rows)
+        if not unknown_as_empty and not self.all_known(idx):
+            raise UnknownFullLabels(f"{self.describe_unknown(idx)}: full labels are needed here; this dataset "
+                                    "holds only the weak labels its manifest gave for those rows")
         out = np.zeros((len(idx), len(self.classes)), dtype=np.uint8)
         for i, r in enumerate(idx):
             out[i, self.labels[r]] = 1
@@ -150,13 +193,23 @@ class LabelsTable:
 
 
 def dataset_fingerprint(
-    rows: Sequence[int], keys: Sequence[str], splits: Sequence[str], labels: Sequence[np.ndarray]
+    rows: Sequence[int], keys: Sequence[str], splits: Sequence[str], labels: Sequence[np.ndarray],
+    known: np.ndarray | None = None,
 ) -> str:
-    """Hash of the row → (key, split, labels) table; the store records it to refuse a mismatched dataset."""
+    """Hash of the row → (key, split, labels) table; the store records it to refuse a mismatched dataset.
+
+    Unknown full labels hash as `?` (known rows hash as before, so version 1 fingerprints are unchanged).
+    """
     h = hashlib.sha256()
-    for r, k, s, y in zip(rows, keys, splits, labels):
-        h.update(f"{int(r)}\t{k}\t{s}\t{','.join(map(str, np.asarray(y).tolist()))}\n".encode())
+    known = np.ones(len(rows), dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    for r, k, s, y, ok in zip(rows, keys, splits, labels, known):
+        text = ','.join(map(str, np.asarray(y).tolist())) if ok else "?"
+        h.update(f"{int(r)}\t{k}\t{s}\t{text}\n".encode())
     return h.hexdigest()[:32]
+
+
+def table_fingerprint(table: LabelsTable) -> str:
+    return dataset_fingerprint(table.row, table.key, table.split, table.labels, table.known)
 
 
 def write_labels(path: Path, table: LabelsTable) -> None:
@@ -165,10 +218,12 @@ def write_labels(path: Path, table: LabelsTable) -> None:
         pa.array(list(table.key), type=pa.string()),
         pa.array([str(s) for s in table.split], type=pa.string()),
         pa.array(np.asarray(table.source_index, dtype=np.int64)),
-        pa.array([np.asarray(x, dtype=np.int16) for x in table.labels], type=pa.list_(pa.int16())),
+        pa.array([np.asarray(x, dtype=np.int16) if ok else None for x, ok in zip(table.labels, table.known_of())],
+                 type=pa.list_(pa.int16())),
         pa.array(np.asarray(table.shard, dtype=np.int32)),
     ]
-    meta = {b"mlpl.classes": json.dumps(list(table.classes)).encode(), b"mlpl.version": b"1"}
+    meta = {b"mlpl.classes": json.dumps(list(table.classes)).encode(),
+            b"mlpl.version": str(LABELS_SCHEMA_VERSION).encode()}
     pq.write_table(pa.Table.from_arrays(arrays, schema=LABELS_SCHEMA.with_metadata(meta)), path)
 
 
@@ -183,10 +238,12 @@ def read_labels(path: Path) -> LabelsTable:
     meta = t.schema.metadata or {}
     if b"mlpl.classes" not in meta:
         raise InputError(f"{path}: no class names in the schema metadata (key 'mlpl.classes')")
-    flat = t.column("labels").combine_chunks()
-    offsets = flat.offsets.to_numpy()
-    values = flat.values.to_numpy(zero_copy_only=False).astype(np.int16)
-    labels = [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+    version = int(meta.get(b"mlpl.version", b"1"))
+    if version > LABELS_SCHEMA_VERSION:
+        raise InputError(f"{path}: labels schema version {version}, this mlpl reads up to {LABELS_SCHEMA_VERSION}")
+    column = t.column("labels")
+    known = np.ones(len(t), dtype=bool) if column.null_count == 0 else ~column.is_null().to_numpy(zero_copy_only=False)
+    labels = _list_column(column)
     return LabelsTable(
         row=t.column("row").to_numpy(),
         key=t.column("key").to_pylist(),
@@ -195,6 +252,7 @@ def read_labels(path: Path) -> LabelsTable:
         labels=labels,
         shard=t.column("shard").to_numpy(),
         classes=tuple(json.loads(meta[b"mlpl.classes"])),
+        known=None if known.all() else known,
     )
 
 
@@ -247,6 +305,7 @@ def write_observations(root: Path, obs: Observations) -> Path:
 
 
 def _list_column(col: pa.ChunkedArray) -> list[np.ndarray]:
+    """A list<int16> column as one int16 array per row (a null cell reads as an empty array)."""
     flat = col.combine_chunks()
     offsets = flat.offsets.to_numpy()
     values = flat.values.to_numpy(zero_copy_only=False).astype(np.int16)
@@ -351,7 +410,12 @@ def validate(root: Path) -> PreparedDataset:
         if len(lbl) and (lbl.min() < 0 or lbl.max() >= C or len(np.unique(lbl)) != len(lbl)):
             raise InputError(f"{root / LABELS_PARQUET}: row {i} has labels {lbl.tolist()}; "
                              f"expected distinct ints in [0, {C})")
-    fp = dataset_fingerprint(lab.row, lab.key, lab.split, lab.labels)
+    for name in ("val", "test"):
+        start, stop = meta.split_range(name)
+        if not lab.all_known(np.arange(start, stop)):
+            raise InputError(f"{root / LABELS_PARQUET}: {name} split: {lab.describe_unknown(np.arange(start, stop))}; "
+                             "val and test rows need full labels")
+    fp = table_fingerprint(lab)
     if fp != meta.fingerprint:
         raise InputError(f"{root}: fingerprint {meta.fingerprint} in dataset.json, computed {fp}")
     covered = 0

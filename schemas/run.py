@@ -40,10 +40,11 @@ class RunSummary:
     regime: str
     seed: int
     best_epoch: int
-    val: SplitMetrics
+    val: SplitMetrics | None  # None: the dataset has no val split (the last epoch is kept, see `notes`)
     test: SplitMetrics | None
     epochs_run: int = 0
     pseudo_quality: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the run could not do as usual, and why
     schema: str = RUN_SCHEMA
     version: int = RUN_SCHEMA_VERSION
 
@@ -65,7 +66,7 @@ def read_summary(run_dir: Path) -> RunSummary:
     d = json.loads(path.read_text())
     if d.get("schema") != RUN_SCHEMA or d.get("version") != RUN_SCHEMA_VERSION:
         raise InputError(f"{path}: not an mlpl run summary of version {RUN_SCHEMA_VERSION}")
-    d["val"] = SplitMetrics(**d["val"])
+    d["val"] = SplitMetrics(**d["val"]) if d.get("val") else None
     d["test"] = SplitMetrics(**d["test"]) if d.get("test") else None
     return RunSummary(**d)
 
@@ -114,7 +115,7 @@ def validate(run_dir: Path) -> RunSummary:
         if not (run_dir / name).exists():
             raise InputError(f"{run_dir / name}: missing from the run folder")
     summary = read_summary(run_dir)
-    for key in METRIC_KEYS:
+    for key in METRIC_KEYS if summary.val is not None else ():
         if not isinstance(getattr(summary.val, key), float | int):
             raise InputError(f"{run_dir / SUMMARY_JSON}: val.{key} is not a number")
     return summary

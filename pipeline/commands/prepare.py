@@ -19,8 +19,10 @@ def prepare(
     out: Annotated[Path, typer.Option(help="Folder to write the prepared dataset to (must not exist).")],
     root: Annotated[Path | None, typer.Option(help="The source dataset's folder, in its original layout.")] = None,
     regime: Annotated[
-        list[str], typer.Option(help="Observation regimes to write (repeatable): full, spml, partial-0.5, ...")
-    ] = ["full", "spml"],  # noqa: B006 (typer reads the default)
+        list[str] | None,
+        typer.Option(help="Observation regimes to write (repeatable): full, spml, partial-0.5, ... "
+                          "(default: full and spml; manifest: only its own, 'given')"),
+    ] = None,
     rows_per_shard: Annotated[int, typer.Option(help="Images per WebDataset shard (= store chunk).")] = 1000,
     skip_corrupt: Annotated[bool, typer.Option(help="Drop unreadable images (listed in dataset.json).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
@@ -44,7 +46,19 @@ def prepare(
         typer.Option(help="Import the literature's formatted_{train,val}_{images,labels,labels_obs}.npy from here."),
     ] = None,
     images: Annotated[
-        Path | None, typer.Option(help="With --from-formatted: the folder the arrays' image paths are relative to.")
+        Path | None, typer.Option(help="With --from-formatted, or manifest: the folder image paths are relative to "
+                                       "(manifest default: the manifest's folder).")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="manifest: CSV, TSV, JSONL or Parquet, one row per image (docs/own-data.md).")
+    ] = None,
+    classes: Annotated[
+        Path | None, typer.Option(help="manifest: class names, one per line, in order (default: the sorted names "
+                                       "the manifest uses).")
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option(help="manifest: hyperparameter family voc, coco, nus, cub or generic (default "
+                                      "generic, with m measured on the val split).")
     ] = None,
 ) -> None:
     """Convert a source dataset into a prepared dataset (shards, labels, observation regimes)."""
@@ -52,11 +66,12 @@ def prepare(
 
     options = {
         "size": size, "test_size": test_size, "canvas": canvas, "cells": cells, "max_digits": max_digits,
-        "seed": seed, "no_test": no_test, "year": year, "pool": pool,
+        "seed": seed, "no_test": no_test, "year": year, "pool": pool, "manifest": manifest, "classes": classes,
+        "family": family,
     }
     req = PrepareRequest(
-        out=out, root=root, regimes=tuple(regime), rows_per_shard=rows_per_shard, skip_corrupt=skip_corrupt,
-        overwrite=overwrite, options=options, from_formatted=from_formatted, images=images,
+        out=out, root=root, regimes=tuple(regime) if regime else None, rows_per_shard=rows_per_shard,
+        skip_corrupt=skip_corrupt, overwrite=overwrite, options=options, from_formatted=from_formatted, images=images,
     )
     report = prepare_dataset(dataset, req)
     counts = ", ".join(f"{k} {v}" for k, v in report.splits.items())
@@ -64,6 +79,11 @@ def prepare(
     typer.echo(f"prepared {dataset} → {report.out} ({counts}; regimes: {', '.join(regimes)})")
     if report.skipped:
         typer.echo(f"skipped {len(report.skipped)} unreadable images (listed in {DATASET_JSON})")
+    meta = DatasetMeta.from_json(report.out / DATASET_JSON)
+    if meta.source.get("layout") == "manifest":
+        m = f"m = {meta.expected_positives}" if meta.expected_positives is not None else "m"
+        typer.echo(f"family {meta.family}: {m} from {meta.m_source}; val split: {meta.source['val']}; "
+                   f"{meta.source['unknown_full_labels']} images with unknown full labels")
 
 
 @app.command()

@@ -67,7 +67,7 @@ def train(
         "image_size": image_size, "pseudo": pseudo, "pseudo_mode": pseudo_mode, "workers": workers, "seed": seed,
         "device": device, "max_batches": max_batches,
     }
-    cfg = resolve_train_cfg(method, str(ds_dir), meta.name, str(out), preset, overrides)
+    cfg = resolve_train_cfg(method, str(ds_dir.resolve()), meta.name, str(out), preset, overrides, meta.family)
     online = None
     if online_teacher:
         from mlpl.online_teacher import make_online_sims
@@ -78,8 +78,11 @@ def train(
     with progress_bar() as bar:
         summary = Trainer(cfg, progress=bar, online_sims=online).run()
     test = summary.test
-    typer.echo(f"{method} on {meta.name}: best epoch {summary.best_epoch}, val mAP {summary.val.map:.2f}"
+    val = f"val mAP {summary.val.map:.2f}" if summary.val else "no val split"
+    typer.echo(f"{method} on {meta.name}: best epoch {summary.best_epoch}, {val}"
                + (f", test mAP {test.map:.2f}" if test else "") + f"  → {out}")
+    for note in summary.notes:
+        typer.echo(f"note: {note}")
 
 
 @app.command()

@@ -141,8 +141,10 @@ class VerifyReport:
 
 
 def _positives(ds: PreparedDataset) -> dict[str, int]:
+    """Positive labels per split, over the rows whose full labels are known."""
     counts = np.array([len(x) for x in ds.labels.labels], dtype=np.int64)
-    return {s: int(counts[ds.labels.split == s].sum()) for s in SPLIT_NAMES}
+    known = ds.labels.known_of()
+    return {s: int(counts[(ds.labels.split == s) & known].sum()) for s in SPLIT_NAMES}
 
 
 def _check_shard_members(ds: PreparedDataset) -> str | None:
@@ -167,7 +169,8 @@ def card_independent_checks(ds: PreparedDataset, report: VerifyReport) -> None:
                    f"{meta.num_classes} names" + ("" if meta.classes == shipped else ", different"),
                    meta.classes == shipped)
     n_official = meta.splits.get("train", 0) + meta.splits.get("val", 0)
-    report.add("val = round(0.2·(train+val))", int(round(VAL_FRACTION * n_official)), meta.splits.get("val", 0))
+    if meta.source.get("val_heldout", True):  # a manifest may name its own val split
+        report.add("val = round(0.2·(train+val))", int(round(VAL_FRACTION * n_official)), meta.splits.get("val", 0))
     empty = int(sum(len(x) == 0 for x in lab.labels))
     if meta.source.get("empty_labels") == "dropped":
         report.add("images without a positive (dropped)", 0, empty)
@@ -212,9 +215,12 @@ def verify(dataset: Path, card: Path | None = None) -> VerifyReport:
     report = VerifyReport(Path(dataset), card_path)
     positives = _positives(ds)
     for split in SPLIT_NAMES:
-        n = ds.meta.splits.get(split, 0)
-        mean = f" ({positives[split] / n:.3f} per image)" if n else ""
-        report.facts.append(f"{split}: {n} images, {positives[split]} positive labels{mean}")
+        start, stop = ds.meta.split_range(split)
+        n, unknown = stop - start, ds.labels.describe_unknown(np.arange(start, stop))
+        known = int(ds.labels.known_of(np.arange(start, stop)).sum())
+        mean = f" ({positives[split] / known:.3f} per image)" if known else ""
+        report.facts.append(f"{split}: {n} images, " + (f"{unknown}; " if unknown else "")
+                            + f"{positives[split]} positive labels{mean}" + (" where known" if unknown else ""))
     card_independent_checks(ds, report)
     if card_path is not None:
         card_checks(ds, read_card(card_path), report)

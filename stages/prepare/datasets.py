@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ class PrepareRequest:
 
     out: Path
     root: Path | None = None
-    regimes: tuple[str, ...] = ("full", "spml")
+    regimes: tuple[str, ...] | None = None  # None: the dataset's `default_regimes`
     rows_per_shard: int = 1000
     skip_corrupt: bool = False
     overwrite: bool = False
@@ -39,6 +39,8 @@ class DatasetInfo:
     class_list: str = ""  # shipped class-name list under stages/prepare/classnames/ ("" = built in)
     formatted_name: str = ""  # dataset.json name of an import of the literature's arrays ("" = not importable)
     layout: str = ""  # the source layout `--root` must point at, quoted in errors
+    takes_images: bool = False  # reads its images from `--images` (a manifest) rather than `--root`
+    default_regimes: tuple[str, ...] = ("full", "spml")  # simulated regimes written when --regime is not given
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
@@ -46,7 +48,7 @@ DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 def check_request(info: DatasetInfo, req: PrepareRequest) -> None:
     """Fail on a missing root or an option this dataset does not take, naming it."""
-    if req.from_formatted is not None or req.images is not None:
+    if req.from_formatted is not None or (req.images is not None and not info.takes_images):
         _check_formatted_request(info, req)
         return
     if info.needs_root:
@@ -87,6 +89,8 @@ def prepare_dataset(name: str, req: PrepareRequest) -> PrepareReport:
 
     info = DATASETS.get(name, option="--dataset")
     check_request(info, req)
+    if req.regimes is None:
+        req = replace(req, regimes=info.default_regimes)
     for spec in req.regimes:
         parse_regime(spec)
     if req.from_formatted is not None:
@@ -101,6 +105,7 @@ def _register_builtin() -> None:
     import mlpl.stages.prepare.coco  # noqa: F401
     import mlpl.stages.prepare.cub  # noqa: F401
     import mlpl.stages.prepare.digits_dataset  # noqa: F401
+    import mlpl.stages.prepare.manifest  # noqa: F401
     import mlpl.stages.prepare.nus  # noqa: F401
     import mlpl.stages.prepare.voc  # noqa: F401
 

@@ -67,6 +67,11 @@ def single_positive_unlabeled(labels: np.ndarray, unlabeled: float, seed: int = 
     return obs
 
 
+def _given(labels: np.ndarray, _: dict[str, Any]) -> np.ndarray:
+    raise InputError("--regime given: the observed labels a manifest states (its positives and negatives "
+                     "columns); written by `mlpl prepare --dataset manifest`, never simulated from full labels")
+
+
 def _full(labels: np.ndarray, _: dict[str, Any]) -> np.ndarray:
     return np.where(labels == 1, Observed.POSITIVE, Observed.NEGATIVE).astype(np.int8)
 
@@ -78,6 +83,8 @@ def _none(labels: np.ndarray, _: dict[str, Any]) -> np.ndarray:
 _FLOAT = r"(?:0(?:\.\d+)?|1(?:\.0+)?)"
 for _info in (
     RegimeInfo("full", "every label observed (upper bound)", "—", r"full", _full, {}, "full"),
+    RegimeInfo("given", "the observed labels a manifest states (a user's own weak labels)", "docs/own-data.md",
+               r"given", _given, {}, "given"),
     RegimeInfo("none", "no label observed (unsupervised; CDUL)", "docs/methods.md §1.4", r"none", _none, {}, "none"),
     RegimeInfo(
         "spml", "one observed positive per image, bit-exact with the literature", "docs/methods.md §1.2",
@@ -122,6 +129,10 @@ def official_train_labels(table: LabelsTable) -> tuple[np.ndarray, np.ndarray]:
 
 def build_observations(table: LabelsTable, spec: str) -> Observations:
     info, params = parse_regime(spec)
+    unknown = table.describe_unknown(table.row[np.isin(table.split, ("train", "val"))])
+    if unknown:
+        raise InputError(f"--regime {spec}: simulated from the train rows' full labels, but this dataset has "
+                         f"{unknown}; its observed labels as given are the regime {'given'!r}")
     rows, labels = official_train_labels(table)
     obs = info.build(labels, params)
     keep = table.split[rows] == "train"

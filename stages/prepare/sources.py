@@ -141,6 +141,8 @@ def write_from_source(
     test: Sequence[SourceImage],
     source: dict[str, Any],
     extra_regimes: Callable[[Path, LabelsTable], None] | None = None,
+    val: Sequence[SourceImage] | None = None,
+    meta_fields: Callable[[LabelsTable], dict[str, Any]] | None = None,
 ) -> PrepareReport:
     """`write_prepared` with the request's shard, corrupt-image and overwrite options, then its regimes."""
 
@@ -150,7 +152,7 @@ def write_from_source(
             extra_regimes(tmp, table)
 
     return write_prepared(
-        req.out, name=name, classes=classes, train=train, test=test, source=source,
+        req.out, name=name, classes=classes, train=train, test=test, source=source, val=val, meta_fields=meta_fields,
         rows_per_shard=req.rows_per_shard, skip_corrupt=req.skip_corrupt, overwrite=req.overwrite,
         after_write=after_write,
     )

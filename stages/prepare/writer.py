@@ -26,9 +26,9 @@ from mlpl.schemas.dataset import (
     LabelsTable,
     ShardEntry,
     atomic_folder,
-    dataset_fingerprint,
     row_key,
     shard_name,
+    table_fingerprint,
     write_labels,
     write_shards_info,
 )
@@ -44,10 +44,13 @@ VAL_SEED = 1200
 
 @dataclass(frozen=True)
 class SourceImage:
-    """One image of a source dataset. `read()` returns the original encoded bytes (never re-encoded)."""
+    """One image of a source dataset. `read()` returns the original encoded bytes (never re-encoded).
+
+    `labels` is None where the image's full labels are unknown (a user's own weakly labelled image).
+    """
 
     key: str
-    labels: np.ndarray
+    labels: np.ndarray | None
     ext: str
     read: Callable[[], bytes]
     origin: str = ""  # file path (or other locator) named in errors
@@ -111,6 +114,8 @@ def write_prepared(
     train: Sequence[SourceImage],
     test: Sequence[SourceImage],
     source: dict[str, Any],
+    val: Sequence[SourceImage] | None = None,
+    meta_fields: Callable[[LabelsTable], dict[str, Any]] | None = None,
     rows_per_shard: int = 1000,
     skip_corrupt: bool = False,
     overwrite: bool = False,
@@ -119,6 +124,9 @@ def write_prepared(
 ) -> PrepareReport:
     """Write the prepared dataset to `out` (atomically). `train`/`test` are the source's official splits.
 
+    With `val` given, the source names its own validation split and no hold-out is drawn: `source_index`
+    then counts train and val together in the order given (train first). `meta_fields(table)` gives
+    further `DatasetMeta` fields (family, expected positives), measured on the rows as written.
     An unreadable image is an error naming it, unless `skip_corrupt`, which drops it (before the
     validation split is drawn) and lists it in `dataset.json`. `after_write` runs inside the temporary
     folder before the rename (observation regimes are written there).
@@ -137,13 +145,19 @@ def write_prepared(
                 dropped = f" ({len(report.skipped)} unreadable images dropped by --skip-corrupt)" * bool(report.skipped)
                 raise InputError(f"{out}: no train image is left to write{dropped}; expected at least one readable "
                                  "image in the official train split; nothing was written")
-            tr_idx, va_idx = validation_split(len(train))
+            if val is None:
+                tr_idx, va_idx = validation_split(len(train))
+                given_val: list[tuple[str, int, SourceImage]] = [("val", int(i), train[i]) for i in va_idx]
+            else:
+                val = _drop_corrupt(val, pool, skip_corrupt, report) if skip_corrupt else list(val)
+                tr_idx = np.arange(len(train))
+                given_val = [("val", len(train) + i, item) for i, item in enumerate(val)]
             ordered: list[tuple[str, int, SourceImage]] = (
                 [("train", int(i), train[i]) for i in tr_idx]
-                + [("val", int(i), train[i]) for i in va_idx]
+                + given_val
                 + [("test", i, item) for i, item in enumerate(test)]
             )
-            rows, keys, splits, src_idx, labels, shard_of = [], [], [], [], [], []
+            rows, keys, splits, src_idx, labels, known, shard_of = [], [], [], [], [], [], []
             entries: list[ShardEntry] = []
             for split in SPLITS:
                 part = [(i, item) for s, i, item in ordered if s == split]
@@ -165,7 +179,8 @@ def write_prepared(
                             keys.append(item.key)
                             splits.append(split)
                             src_idx.append(i)
-                            labels.append(np.asarray(item.labels, dtype=np.int16))
+                            known.append(item.labels is not None)
+                            labels.append(np.asarray(item.labels if item.labels is not None else [], dtype=np.int16))
                             shard_of.append(len(entries))
                     entries.append(entry)
             exts = sorted({item.ext for _, _, item in ordered})
@@ -177,6 +192,7 @@ def write_prepared(
                 labels=labels,
                 shard=np.asarray(shard_of, dtype=np.int32),
                 classes=classes,
+                known=None if all(known) else np.asarray(known, dtype=bool),
             )
         write_labels(tmp / LABELS_PARQUET, table)
         write_shards_info(tmp, entries, rows_per_shard)
@@ -192,10 +208,11 @@ def write_prepared(
             name=name,
             classes=classes,
             splits=report.splits,
-            fingerprint=dataset_fingerprint(table.row, table.key, table.split, table.labels),
+            fingerprint=table_fingerprint(table),
             image_ext=exts[0] if len(exts) == 1 else "mixed",
             rows_per_shard=rows_per_shard,
             source=src,
+            **(meta_fields(table) if meta_fields is not None else {}),
         )
         if after_write is not None:
             after_write(tmp, meta, table)

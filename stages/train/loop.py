@@ -93,6 +93,9 @@ class Trainer:
         self.ds = open_dataset(Path(cfg.dataset))
         start, stop = self.ds.meta.split_range("train")
         self.train_start, self.n_train = start, stop - start
+        # a user's own data may hold only weak labels for train rows: nothing is measured against full labels there
+        self.unknown_train = self.ds.labels.describe_unknown(np.arange(start, stop))
+        self.has_val = self.ds.meta.splits.get("val", 0) > 0
         self.observed = self._observed()
         self.loss_info = get_loss_info(cfg.loss)
         self.loss_cfg = create_loss_cfg(cfg.loss, cfg.family, cfg.loss_params)
@@ -220,7 +223,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = model(batch["image"].to(self.device, non_blocking=True))
             pseudo = self._pseudo(batch, observed, gen, epoch, logits, state)
-            if pseudo is not None:
+            if pseudo is not None and not self.unknown_train:
                 quality.update(rows.numpy(), pseudo.numpy(), batch["full"].numpy(), observed.numpy())
             extra = {"state": self.labels.batch_state(rows, self.device)} if self.loss_info.label_states else {}
             out = self.loss_info.fn(
@@ -294,33 +297,49 @@ class Trainer:
                 train_rows, train_probs, _ = predict(model, self.ds, "train", self.stream, self.device, self.amp)
                 train_rows = train_rows - self.train_start
             state_record = self.labels.end_epoch(epoch=epoch_state, rows=train_rows, probs=train_probs)
-            _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp)
-            val = _metrics(probs, full, cfg.threshold)
-            history["val_map"].append(val["map"])
+            val = None
+            if self.has_val:
+                _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp)
+                val = _metrics(probs, full, cfg.threshold)
+                history["val_map"].append(val["map"])
             if self.rank == 0:
                 record = {"epoch": epoch, "split": "train", "loss": loss, "seconds": time.time() - t0}
-                if cfg.pseudo != "none":
+                if cfg.pseudo != "none" and not self.unknown_train:
                     record.update({f"pseudo_{k}": float(v) for k, v in self.quality.compute().items()})
                 record.update({f"state_{k}": float(v) for k, v in state_record.items()})
                 run_schema.append_metrics(self.out, record)
-                run_schema.append_metrics(self.out, {"epoch": epoch, "split": "val", **val})
-                if val["map"] >= max(history["val_map"]):
+                if val is not None:
+                    run_schema.append_metrics(self.out, {"epoch": epoch, "split": "val", **val})
+                if val is None or val["map"] >= max(history["val_map"]):  # no val split: the last epoch
                     history["best_epoch"] = epoch
                     self._save_best(model)
             history["stopped"] = should_stop(cfg.early_stop, history["val_map"])
+            history["epochs_run"] = epoch
             if self.rank == 0:
                 self._save_last(self._state(model, opt, epoch, history))
-            log.info("epoch %d: loss %.4f, val mAP %.2f", epoch, loss, val["map"])
+            log.info("epoch %d: loss %.4f, val mAP %s", epoch, loss, f"{val['map']:.2f}" if val else "-")
         if self.world > 1:
             torch.distributed.barrier()  # rank 0 has written best.safetensors
         return self.finish(model, history, weights)
+
+    def notes(self) -> list[str]:
+        """What this run could not do as usual on its dataset, in words (the summary's `notes`)."""
+        notes = []
+        if not self.has_val:
+            notes.append(f"model selection: dataset {self.ds.meta.name!r} has no val split "
+                         f"({self.ds.meta.source.get('val', 'none')}); the last epoch is kept")
+        if self.unknown_train and self.cfg.pseudo != "none":
+            notes.append(f"pseudo-label quality: not measured, the train split has {self.unknown_train}")
+        return notes
 
     def finish(self, model: Classifier, history: dict[str, Any], weights: str) -> run_schema.RunSummary:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(self.out / run_schema.BEST_WEIGHTS)))
-        _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp)
-        val = _metrics(vp, vf, self.cfg.threshold)
+        val = None
+        if self.has_val:
+            _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp)
+            val = _metrics(vp, vf, self.cfg.threshold)
         test = None
         if self.ds.meta.splits.get("test", 0):
             tr, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp)
@@ -334,9 +353,10 @@ class Trainer:
                 quality = {k[len("pseudo_"):]: v for k, v in rec.items() if k.startswith("pseudo_")}
         summary = run_schema.RunSummary(
             method=self.cfg.method, dataset=self.ds.meta.name, regime=self.cfg.regime, seed=self.cfg.seed,
-            best_epoch=int(history["best_epoch"]), val=_split_metrics(val),
-            test=_split_metrics(test) if test else None, epochs_run=len(history["val_map"]),
-            pseudo_quality=quality,
+            best_epoch=int(history["best_epoch"]), val=_split_metrics(val) if val else None,
+            test=_split_metrics(test) if test else None,
+            epochs_run=int(history.get("epochs_run", len(history["val_map"]))), pseudo_quality=quality,
+            notes=self.notes(),
         )
         if self.rank == 0:
             run_schema.write_summary(self.out, summary)

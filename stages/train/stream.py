@@ -241,7 +241,8 @@ def train_loader(
     n = stop - start
     if observed.shape != (n, ds.meta.num_classes):
         raise InputError(f"observed labels of shape {observed.shape}, expected {(n, ds.meta.num_classes)}")
-    full = ds.labels.matrix(np.arange(start, stop))
+    # rows with unknown full labels (a user's own data) carry zeros; the trainer measures nothing on them
+    full = ds.labels.matrix(np.arange(start, stop), unknown_as_empty=True)
     epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     owner = None
     num = n
