@@ -181,6 +181,7 @@ def _bad(tmp_path, images, rows, suffix=".csv", columns=COLUMNS, extra=()) -> st
     ([("a.jpg", "train", None, ["cat"], ["cat"])], r"\['cat'\] are both positives and negatives"),
     ([("a.jpg", "train", None, "cat||dog", None)], r"bad.csv:2, column 'positives': 'cat\|\|dog' has an empty"),
     ([("notes.txt", "train", None, ["cat"], None)], r"neither .jpg/.jpeg nor .png"),
+    ([("../images/a.jpg", "train", None, ["cat"], None)], r"bad.csv:2, column 'image': image path .* leaves"),
 ])
 def test_bad_rows(tmp_path, images, capsys, rows, expected):
     (images / "notes.txt").write_text("x")

@@ -29,7 +29,7 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import SPLITS, Observed
 from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
 from mlpl.stages.prepare.manifest_io import ManifestColumns, read_manifest
-from mlpl.stages.prepare.sources import FileBytes, image_ext, read_lines, write_from_source
+from mlpl.stages.prepare.sources import FileBytes, image_ext, image_file, read_lines, write_from_source
 from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class ManifestEntry:
 
     index: int
     key: str
-    path: Path
+    read: FileBytes
     split: str
     labels: np.ndarray | None
     positives: np.ndarray
@@ -107,7 +107,10 @@ def check_entries(columns: ManifestColumns, images_root: Path, classes: tuple[st
         if name is None:
             raise InputError(f"{columns.where(i, 'image')}: empty; expected the image's path")
         image_ext(name, columns.where(i, "image"))
-        path = Path(name) if os.path.isabs(name) else images_root / name
+        # a relative path stays inside --images (links included); an absolute one is the user's explicit choice
+        where = columns.where(i, "image")
+        read = FileBytes(Path(name)) if os.path.isabs(name) else image_file(images_root, name, where)
+        path = read.path
         if not path.is_file():
             raise InputError(f"{columns.where(i, 'image')}: image file {path} not found; expected a path relative "
                              f"to --images {images_root} or an absolute path")
@@ -131,7 +134,7 @@ def check_entries(columns: ManifestColumns, images_root: Path, classes: tuple[st
             if wrong:
                 raise InputError(f"{columns.where(i)}: observed labels {[classes[c] for c in wrong]} contradict the "
                                  f"row's full labels {[classes[c] for c in labels]}")
-        entries.append(ManifestEntry(i, name, path, split, labels, pos, neg))
+        entries.append(ManifestEntry(i, name, read, split, labels, pos, neg))
     if not any(e.split == "train" for e in entries):
         raise InputError(f"{columns.path}: the train split is empty ({len(entries)} rows, none with split train "
                          "or an empty split); expected training images")
@@ -197,7 +200,7 @@ def prepare_manifest(req: PrepareRequest) -> PrepareReport:
     items: dict[str, list[SourceImage]] = {s: [] for s in SPLITS}
     for e in entries:
         items[e.split].append(SourceImage(key=e.key, labels=e.labels, ext=image_ext(e.key, str(manifest)),
-                                          read=FileBytes(e.path), origin=f"{columns.where(e.index, 'image')}"))
+                                          read=e.read, origin=f"{columns.where(e.index, 'image')}"))
     train_known = all(e.labels is not None for e in entries if e.split == "train")
     if items["val"]:
         val, val_from = items["val"], "the manifest's val rows"
