@@ -28,6 +28,7 @@ class TrainCfg:
     batch_size: int = 16
     lr: float = 1e-5
     head_lr_mult: float = 10.0
+    optimizer: str = "adam"  # mlpl.stages.train.optim.OPTIMIZERS (adamax: MIME, docs/methods.md §3.9)
     backbone: str = "resnet50"
     head: str = "linear"  # mlpl.stages.train.models.HEADS (boostlu: docs/methods.md §3.5)
     head_params: dict[str, Any] = field(default_factory=dict)

@@ -24,7 +24,8 @@ from mlpl.stages.runtime import pick_device
 from mlpl.stages.train.config import TrainCfg, should_stop
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state_cfg, get_label_state_info
 from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
-from mlpl.stages.train.models import Classifier, create_classifier, param_groups
+from mlpl.stages.train.models import HEADS, Classifier, HeadOutput, create_classifier, get_head_info, param_groups
+from mlpl.stages.train.optim import create_optimizer, get_optimizer_info
 from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg
 from mlpl.stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.train.stream import StreamCfg, eval_loader, train_loader
@@ -108,6 +109,13 @@ class Trainer:
         if self.loss_info.label_states and cfg.label_state not in self.loss_info.label_states:
             raise InputError(f"label_state {cfg.label_state!r}: loss {cfg.loss!r} of method {cfg.method!r} reads "
                              f"a label state of {list(self.loss_info.label_states)}; set label_state to one")
+        head_info = get_head_info(cfg.head)
+        missing = [name for name in self.loss_info.head_outputs if name not in head_info.outputs]
+        if missing:
+            heads = [h.name for h in HEADS if set(self.loss_info.head_outputs) <= set(h.outputs)]
+            raise InputError(f"--head {cfg.head}: loss {cfg.loss!r} of method {cfg.method!r} reads the head's "
+                             f"outputs {missing}, which head {cfg.head!r} does not give; use --head {heads}")
+        get_optimizer_info(cfg.optimizer)
         self.state_cfg = create_label_state_cfg(cfg.label_state, cfg.family, cfg.label_state_params)
         self.store = self._store()
         self.labels = self.state_info.create(LabelStateContext(
@@ -221,18 +229,23 @@ class Trainer:
             rows = batch["row"] - self.train_start
             observed = self.labels.observed_for(rows, batch["observed"].long())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = model(batch["image"].to(self.device, non_blocking=True))
+                head_out: HeadOutput = model(batch["image"].to(self.device, non_blocking=True), train_outputs=True)
+            logits = head_out.logits
             pseudo = self._pseudo(batch, observed, gen, epoch, logits, state)
             if pseudo is not None and not self.unknown_train:
                 quality.update(rows.numpy(), pseudo.numpy(), batch["full"].numpy(), observed.numpy())
             extra = {"state": self.labels.batch_state(rows, self.device)} if self.loss_info.label_states else {}
+            if self.loss_info.head_outputs:
+                extra["head"] = {name: head_out.aux[name].float() for name in self.loss_info.head_outputs}
             out = self.loss_info.fn(
                 logits=logits.float(), observed=observed.to(self.device),
                 pseudo=None if pseudo is None else pseudo.long().to(self.device), epoch=state, cfg=self.loss_cfg,
                 **extra,
             )
+            # a head's own regulariser (MIME's KL) joins whatever loss the method trains with
+            total_loss = out.total if head_out.regulariser is None else out.total + head_out.regulariser.float()
             opt.zero_grad(set_to_none=True)
-            out.total.backward()
+            total_loss.backward()
             if self.world > 1:
                 # per-row label parameters (ROLE's estimator) are outside DDP: each rank holds the gradient of
                 # its own rows only and rows are disjoint across ranks, so the sum is every row's gradient
@@ -241,7 +254,7 @@ class Trainer:
                         torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
             opt.step()
             self.labels.after_step(rows=rows, logits=logits.detach().float(), observed=observed, out=out, epoch=state)
-            total += float(out.total.detach()) * len(observed)
+            total += float(total_loss.detach()) * len(observed)
             seen += len(observed)
             self.progress(f"epoch {epoch}/{self.cfg.epochs}", i + 1, n_batches)
         return total / max(seen, 1)
@@ -261,7 +274,7 @@ class Trainer:
             ddp_model = torch.nn.parallel.DistributedDataParallel(model)
         state_groups = self.labels.param_groups(cfg.lr)
         self.state_params = [p for group in state_groups for p in group["params"]]
-        opt = torch.optim.Adam(param_groups(model, cfg.lr, cfg.head_lr_mult) + state_groups)
+        opt = create_optimizer(cfg.optimizer, param_groups(model, cfg.lr, cfg.head_lr_mult) + state_groups)
         history: dict[str, Any] = {"val_map": [], "best_epoch": 0, "stopped": False}
         start_epoch = 1
         last = self.out / run_schema.LAST_STATE

@@ -35,6 +35,8 @@ class BackboneInfo:
         build: `build() -> (module, D)`: a randomly initialised module mapping images [B, 3, H, W] to its last
             feature map [B, D, h, w] (no pooling: the head pools).
         weights_url: ImageNet weights, fetched into torch's hub cache by torchvision; None if there are none.
+        feature_map: True if the module's output keeps a spatial map with more than one position (heads that
+            attend over positions, such as `mime`, need one); False for a backbone that gives pooled features.
     """
 
     name: str
@@ -42,6 +44,7 @@ class BackboneInfo:
     reference: str
     build: Callable[[], tuple[nn.Module, int]]
     weights_url: str | None = None
+    feature_map: bool = True
 
 
 BACKBONES: Registry[BackboneInfo] = Registry("backbone")
@@ -122,6 +125,10 @@ class HeadInfo:
         build: `build(D, C, cfg) -> module` mapping a feature map [B, D, h, w] to logits [B, C].
         cfg_cls: frozen dataclass of its hyperparameters (`head_params`).
         dataset_defaults: family → field values (every family listed, empty where the class defaults hold).
+        outputs: names of the tensors the head gives a loss in training (`HeadOutput.aux`; see
+            `LossInfo.head_outputs`).
+        needs_feature_map: True if the head attends over the map's positions, so that a backbone without a
+            spatial map (`BackboneInfo.feature_map`) cannot feed it.
     """
 
     name: str
@@ -131,6 +138,23 @@ class HeadInfo:
     cfg_cls: type
     dataset_defaults: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {name: {} for name in HYPERPARAMETER_DATASETS})
+    outputs: tuple[str, ...] = ()
+    needs_feature_map: bool = False
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """What a head gives in a training step (`Classifier(images, train_outputs=True)`).
+
+    Attributes:
+        logits: [B, C].
+        regulariser: a scalar the head adds to every loss (already weighted; e.g. `mime`'s β·KL), or None.
+        aux: tensors a loss reads (`HeadInfo.outputs`, `LossInfo.head_outputs`).
+    """
+
+    logits: torch.Tensor
+    regulariser: torch.Tensor | None = None
+    aux: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 HEADS: Registry[HeadInfo] = Registry("head")
@@ -219,15 +243,25 @@ def create_head_cfg(name: str, family: str | None, overrides: Mapping[str, Any] 
 # ------------------------------------------------------------------------------------------- classifier
 
 class Classifier(nn.Module):
-    """`head(backbone(images))`: the backbone's feature map [B, D, h, w] → logits [B, C]."""
+    """`head(backbone(images))`: the backbone's feature map [B, D, h, w] → logits [B, C].
+
+    In training the loop asks for `train_outputs=True` and gets a `HeadOutput`: heads with a regulariser or
+    tensors for a loss define `forward_train(feature_map) -> HeadOutput`; others give their logits only.
+    (A keyword of `forward`, not another method, so that DistributedDataParallel sees the call.)
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, train_outputs: bool = False) -> torch.Tensor | HeadOutput:
+        feature_map = self.backbone(x)
+        if not train_outputs:
+            return self.head(feature_map)
+        if hasattr(self.head, "forward_train"):
+            return self.head.forward_train(feature_map)
+        return HeadOutput(logits=self.head(feature_map))
 
 
 def _cached_weights_path(url: str) -> Path:
@@ -281,14 +315,33 @@ def create_classifier(
     head_info = get_head_info(head)
     head_cfg = create_head_cfg(head, family, head_params)
     info = BACKBONES.get(name, option="--backbone")
+    if head_info.needs_feature_map and not info.feature_map:
+        supported = [b.name for b in BACKBONES if b.feature_map]
+        raise InputError(f"--head {head}: needs a backbone with a spatial feature map; --backbone {name!r} gives "
+                         f"pooled features only. Backbones with a feature map: {supported}")
     backbone, dim = info.build()
     loaded = load_backbone_weights(name, backbone, weights, pretrained)
     return Classifier(backbone, head_info.build(dim, num_classes, head_cfg)), loaded
 
 
 def param_groups(model: Classifier, lr: float, head_lr_mult: float) -> list[dict]:
-    """Adam groups: the backbone at `lr`, the head at `lr·head_lr_mult` (docs/methods.md §1.5)."""
-    return [
-        {"params": list(model.backbone.parameters()), "lr": lr},
-        {"params": list(model.head.parameters()), "lr": lr * head_lr_mult},
-    ]
+    """Optimiser groups: the backbone at `lr`, the head at `lr·head_lr_mult` (docs/methods.md §1.5); a head
+    with parts at other rates (SMILE's enhancement networks) gives its own groups with `param_groups(head_lr)`."""
+    head_lr = lr * head_lr_mult
+    head_groups = (model.head.param_groups(head_lr) if hasattr(model.head, "param_groups")
+                   else [{"params": list(model.head.parameters()), "lr": head_lr}])
+    return [{"params": list(model.backbone.parameters()), "lr": lr}, *head_groups]
+
+
+def _register_builtin() -> None:
+    # heads of one method family each live in a module of `heads`, registered when imported
+    import importlib
+    import pkgutil
+
+    from mlpl.stages.train import heads
+
+    for module in pkgutil.iter_modules(heads.__path__):
+        importlib.import_module(f"{heads.__name__}.{module.name}")
+
+
+_register_builtin()

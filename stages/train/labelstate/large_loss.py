@@ -26,23 +26,32 @@ class LlCpStateCfg:
     """`ll-cp` has no parameters (Δ is the loss's)."""
 
 
-class LlCpState(LabelState):
-    """Permanent positives of LL-Cp: table `corrected` [N, C] int8, 1 where a cell was corrected.
+class PermanentPositivesState(LabelState):
+    """Cells that became observed positives for the rest of training: table `corrected` [N, C] int8, 1 where a
+    cell was turned (LL-Cp's corrections, MIME's pseudo-positives).
 
-    A flag only ever turns on, so ranks combine their epochs by maximum.
+    A flag only ever turns on, so ranks combine their epochs by maximum. `end_epoch` logs how many there are.
     """
 
-    def __init__(self, ctx: LabelStateContext, cfg: LlCpStateCfg) -> None:
+    def __init__(self, ctx: LabelStateContext, cfg: object) -> None:
         super().__init__(ctx, cfg)
         self.tables["corrected"] = RowTable(np.zeros((ctx.num_rows, ctx.num_classes), dtype=np.int8),
                                             dtype=torch.int8, sync="max")
 
     def observed_for(self, rows: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        """`observed` with the rows' corrected cells set to +1 (only unknown cells were ever corrected; an
-        observed negative stays −1 whatever the table says)."""
+        """`observed` with the rows' turned cells set to +1 (only unknown cells are ever turned; an observed
+        negative stays −1 whatever the table says)."""
         corrected = self.tables["corrected"][rows].to(observed.device) > 0
         return torch.where(corrected & (observed == Observed.UNKNOWN),
                            torch.full_like(observed, int(Observed.POSITIVE)), observed)
+
+    def count(self) -> float:
+        """How many cells are permanent positives so far."""
+        return float(self.tables["corrected"].data.sum(dtype=torch.int64))
+
+
+class LlCpState(PermanentPositivesState):
+    """Permanent positives of LL-Cp: each step's corrections (`out.aux["corrected"]`) are kept."""
 
     def after_step(self, *, rows: torch.Tensor, logits: torch.Tensor, observed: torch.Tensor, out: LossOutput,
                    epoch: EpochState) -> None:
@@ -53,7 +62,7 @@ class LlCpState(LabelState):
 
     def end_epoch(self, *, epoch: EpochState, rows: np.ndarray | None, probs: np.ndarray | None) -> dict[str, float]:
         """Logs `corrected`: how many cells are permanent positives so far."""
-        return {"corrected": float(self.tables["corrected"].data.sum(dtype=torch.int64))}
+        return {"corrected": self.count()}
 
 
 LABEL_STATES.register(LabelStateInfo(

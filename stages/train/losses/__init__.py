@@ -74,6 +74,10 @@ class LossInfo:
         label_state: the label state(s) (`mlpl.stages.train.labelstate.LABEL_STATES`) the loss reads, or None.
             Such a loss takes one more keyword, `state`: the dict of [B, C] tensors that state's
             `batch_state(rows)` gives for the batch (e.g. ROLE's label estimates, with their gradient).
+        head_outputs: names of the head's training outputs the loss reads (`HeadOutput.aux` of
+            `mlpl.stages.train.models`; e.g. SMILE's label-enhancement tensors). Such a loss takes one more
+            keyword, `head`: the dict of those tensors for the batch; a run whose head does not give them fails
+            before training.
     """
 
     name: str
@@ -84,6 +88,7 @@ class LossInfo:
     dataset_defaults: dict[str, dict[str, Any]]
     needs_pseudo: bool
     label_state: str | tuple[str, ...] | None = None
+    head_outputs: tuple[str, ...] = ()
 
     @property
     def label_states(self) -> tuple[str, ...]:
