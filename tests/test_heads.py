@@ -34,7 +34,8 @@ def test_registry_lists_both_heads() -> None:
 
 
 def test_unknown_head_lists_the_known_ones() -> None:
-    with pytest.raises(InputError, match=r"--head: unknown head 'boostl'\. Available: \['boostlu', 'linear'\]"):
+    with pytest.raises(InputError, match=r"--head: unknown head 'boostl'\. Available: \['boostlu', 'linear', "
+                                         r"'mime', 'smile'\]"):
         create_classifier("small-cnn", 3, pretrained=False, head="boostl")
     with pytest.raises(InputError, match=r"unknown option\(s\) \['alpha'\]"):
         create_classifier("small-cnn", 3, pretrained=False, head="linear", head_params={"alpha": 5.0})
