@@ -66,8 +66,8 @@ def list_methods_matching(pattern: str) -> list[str]:
     return names
 
 
-_SHOWN_TRAIN_FIELDS = ("regime", "epochs", "batch_size", "lr", "head_lr_mult", "backbone", "image_size",
-                       "early_stop", "threshold", "pseudo_mode")
+_SHOWN_TRAIN_FIELDS = ("regime", "epochs", "batch_size", "lr", "head_lr_mult", "optimizer", "backbone",
+                       "image_size", "early_stop", "threshold", "pseudo_mode")
 
 
 def describe_method(method: str) -> dict[str, Any]:
@@ -76,6 +76,7 @@ def describe_method(method: str) -> dict[str, Any]:
     from mlpl.stages.registry import HYPERPARAMETER_DATASETS
     from mlpl.stages.train.labelstate import create_label_state_cfg
     from mlpl.stages.train.losses import create_loss_cfg
+    from mlpl.stages.train.models import create_head_cfg
     from mlpl.stages.train.pseudolabels import create_pseudo_cfg
 
     preset = read_preset(method)
@@ -89,7 +90,7 @@ def describe_method(method: str) -> dict[str, Any]:
             "pseudo_params": dataclasses.asdict(create_pseudo_cfg(cfg.pseudo, family, cfg.pseudo_params)),
             "label_state_params": dataclasses.asdict(create_label_state_cfg(cfg.label_state, family,
                                                                             cfg.label_state_params)),
-            "head_params": dict(cfg.head_params),
+            "head_params": dataclasses.asdict(create_head_cfg(cfg.head, family, cfg.head_params)),
         }
     base = resolve_train_cfg(method, "-", "coco", "-")
     return {

@@ -1,7 +1,7 @@
 """SMILE's loss (docs/methods.md §3.9): label enhancement by variational inference over label distributions,
 and the classifier trained against the enhanced labels.
 
-Paper: Xu, Liu, Lv, Qiao, Zhang, Geng, "One Positive Label is Sufficient: Single-Positive Multi-Label Learning
+Paper: Xu et al., "One Positive Label is Sufficient: Single-Positive Multi-Label Learning
 with Label Enhancement", NeurIPS 2022. Reference code: github.com/palm-ml/smile (commit
 49405dbc8b07479a26ebad0c8984f419b6102010, `train_smile2.py`, the script its README runs; helpers at
 502c4b3e49923b53cfdd98fedc38f8e7910f89a9), written for tabular features.
