@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from mlpl.schemas.store import open_store
 from mlpl.stages.precompute.teacher import TeacherCfg, load_teacher
-from mlpl.stages.precompute.views import NORMALIZATIONS
-from mlpl.stages.train.stream import IMAGENET_MEAN, IMAGENET_STD
+from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
 
 
 def batch_views(images: torch.Tensor, grid: int, size: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def run_cli(args: list[str]) -> int:
     """Run `mlpl ARGS` in-process and return its exit code."""
-    from mlpl.app import main
+    from mlpl.cli import main
 
     try:
         main([str(a) for a in args])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from mlpl.schemas.errors import InputError
-from mlpl.stages.prepare import cards, digits
+from mlpl.stages import digits
+from mlpl.stages.prepare import cards
 from mlpl.stages.prepare.datasets import DATASETS
 from mlpl.stages.prepare.sources import CLASSNAMES_DIR, load_classnames
 from mlpl.stages.prepare.writer import validation_split

@@ -312,8 +312,9 @@ def test_trained_network_beats_its_initial_pseudo_labels(teacher_cache, tmp_path
     from mlpl.schemas import run as run_schema
     from mlpl.schemas.dataset import open_dataset
     from mlpl.stages.evaluate.metrics import evaluate_scores
-    from mlpl.stages.train.loop import Trainer, predict
+    from mlpl.stages.train.loop import Trainer
     from mlpl.stages.train.models import create_classifier
+    from mlpl.stages.train.predict import predict
     from safetensors.torch import load_file
 
     from tests.conftest import run_cli

@@ -136,8 +136,8 @@ def test_head_parameters_get_the_head_learning_rate() -> None:
 def test_load_run_model_builds_the_configured_head(digits_small, tmp_path) -> None:
     from mlpl.schemas import run as run_schema
     from mlpl.schemas.dataset import open_dataset
-    from mlpl.stages.evaluate.report import load_run_model
     from mlpl.stages.train.config import TrainCfg
+    from mlpl.stages.train.predict import load_run_model
     from safetensors.torch import save_file
 
     classes = open_dataset(digits_small).meta.num_classes

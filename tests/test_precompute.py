@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mlpl.app import main
+from mlpl.cli import main
 from mlpl.schemas.dataset import open_dataset
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import open_store
@@ -292,7 +292,7 @@ def test_view_settings_default_to_the_dataset_and_teacher(dataset, caplog):
     from types import SimpleNamespace
 
     from mlpl.stages.precompute.run import resolve_view_cfg
-    from mlpl.stages.precompute.views import CLIP_MEAN, CLIP_STD
+    from mlpl.stages.runtime import CLIP_MEAN, CLIP_STD
 
     teacher = SimpleNamespace(image_size=48, interpolation="bilinear", mean=CLIP_MEAN, std=CLIP_STD)
     ds = open_dataset(dataset)

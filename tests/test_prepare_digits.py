@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlpl.schemas import dataset as ds_schema
 from mlpl.schemas.errors import InputError
-from mlpl.stages.prepare import digits
+from mlpl.stages import digits
 from PIL import Image
 
 from tests.conftest import run_cli

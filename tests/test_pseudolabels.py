@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 from mlpl.schemas.errors import InputError
+from mlpl.stages.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.registry import HYPERPARAMETER_DATASETS
 from mlpl.stages.train.losses import EpochState
 from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg, get_pseudolabeller_info
-from mlpl.stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.train.pseudolabels.damp import damp, damp_scores
 
 TAU = 0.01

@@ -209,7 +209,7 @@ def test_digits_teacher_accuracy_on_held_out_digits(digits_cache):
     assert metrics["fit_seconds"] < 120
     t = load_teacher(TeacherCfg(model="digits", digits_cache=str(digits_cache)))
     assert t.description["weights"]["kind"] == "builtin" and t.image_size == 32
-    from mlpl.stages.prepare.digits import digit_pools
+    from mlpl.stages.digits import digit_pools
 
     acc = digits_teacher.zero_shot_accuracy(t.model, t.tokenizer, digit_pools()["test"], 1, 0.0, (1.0, 1.4))
     assert acc == pytest.approx(metrics["zero_shot_accuracy"], abs=1e-9)  # the cache holds what was measured
@@ -217,7 +217,7 @@ def test_digits_teacher_accuracy_on_held_out_digits(digits_cache):
 
 
 def test_digits_teacher_training_data_is_disjoint_from_held_out_pools():
-    from mlpl.stages.prepare.digits import digit_pools
+    from mlpl.stages.digits import digit_pools
 
     pools = digit_pools()
     assert not set(pools["teacher"]) & set(pools["test"])

@@ -7,10 +7,6 @@ import pytest
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.precompute.views import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ViewCfg,
     draw_view_params,
     make_views,
@@ -18,6 +14,7 @@ from mlpl.stages.precompute.views import (
     tile_boxes,
     view_boxes,
 )
+from mlpl.stages.runtime import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from PIL import Image
 
 # a 60×30 image cut into 3×3 tiles of 20×10 px, each tile its own colour

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from mlpl import steps
 from mlpl.app import app
 
 log = logging.getLogger(__name__)
@@ -76,19 +77,30 @@ def demo(
     smoke: Annotated[bool, typer.Option(help="A tiny world and 2 epochs: checks the wiring in seconds.")] = False,
 ) -> None:
     """Prepare the digits world, fit its teacher, precompute the store, train BCE/AN/GR/AEVLP, report."""
+    steps.prefer_passive_openmp()
     import torch
-    from mlpl.commands.precompute import precompute_clip
-    from mlpl.commands.prepare import prepare
+    from mlpl.schemas.dataset import DatasetMeta
     from mlpl.stages.evaluate.plots import plot_probability_distributions
-    from mlpl.stages.evaluate.report import format_table, load_run_model
-    from mlpl.stages.train.loop import predict
+    from mlpl.stages.evaluate.report import format_table
+    from mlpl.stages.precompute.run import PrecomputeCfg
+    from mlpl.stages.precompute.teacher import TeacherCfg, default_teacher_for
+    from mlpl.stages.prepare.datasets import PrepareRequest
+    from mlpl.stages.train.predict import load_run_model, predict
     from mlpl.stages.train.stream import StreamCfg
 
     t0 = time.time()
     data, store, runs = out / "data", out / "store", out / "runs"
     if not (data / "dataset.json").exists():
-        prepare(dataset="digits", out=data, regime=["full", "spml"], **(SMOKE_WORLD if smoke else {}))
-    precompute_clip(dataset=str(data), out=store, seeds=STORE_SEEDS)
+        world = dict(SMOKE_WORLD if smoke else {})
+        req = PrepareRequest(out=data, regimes=("full", "spml"), rows_per_shard=world.pop("rows_per_shard", 1000),
+                             options=world)
+        for line in steps.prepare("digits", req):
+            typer.echo(line)
+    meta = DatasetMeta.from_json(data / "dataset.json")
+    stage_one = PrecomputeCfg(dataset=data, out=store, seeds=tuple(range(STORE_SEEDS)),
+                              teacher=TeacherCfg(model=default_teacher_for(meta.name)), workers=steps.default_workers())
+    for line in steps.precompute(stage_one):
+        typer.echo(line)
     rows = run_methods(data, store, runs, DEMO_METHODS, tuple(range(seeds)), SMOKE_TRAINING if smoke else None)
     table = format_table(rows, TABLE_COLUMNS)
     curves = {}

@@ -3,70 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from mlpl import steps
 from mlpl.app import app
 from mlpl.schemas.errors import InputError
 
 teacher_app = typer.Typer(help="Built-in teachers: list them, fit one explicitly.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
-
-
-def prefer_passive_openmp() -> None:
-    """Let OpenMP threads sleep at barriers instead of spinning (unless OMP_WAIT_POLICY is set already).
-
-    On a CPU teacher the DataLoader workers share the cores with the teacher's OpenMP threads; a thread
-    spinning while its partner is preempted by a worker burns the core the worker needs. Measured on a
-    2-core CPU with the digits teacher: the stage went from 0.79× to 0.84× the bare model rate and the bare
-    rate did not move (benchmarks/RESULTS.md). libgomp reads the variable when torch is first imported, so
-    this must run before that; it changes no number, only how idle threads wait.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def default_workers() -> int:
-    """DataLoader workers when --workers is not given: one per spare core, at most 4 (at least 1)."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-@contextmanager
-def images_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich bar for `progress(phase, images_done, images_total)`: images/s and ETA (rank 0 of a world only)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} images/s" if speed else "… images/s", style="progress.data.speed")
-
-    show = sys.stderr.isatty() and os.environ.get("RANK", "0") == "0"
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), disable=not show,
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total)
-        bar.update(tasks[phase], completed=done, total=total)
-
-    with bar:
-        yield update
-
-
-def resolve_dataset(dataset: str, data_root: Path | None) -> Path:
-    """A prepared dataset folder, or a name under --data-root (default `$MLPL_DATA_ROOT`, else ./data)."""
-    from mlpl.commands.train import resolve_dataset_dir
-
-    return resolve_dataset_dir(dataset, data_root)
 
 
 @app.command("precompute-clip")
@@ -107,14 +53,14 @@ def precompute_clip(
     data_root: Annotated[Path | None, typer.Option(help="Where named datasets live.")] = None,
 ) -> None:
     """Run the teacher over the global view and g×g tiles of every train image, for every augment seed."""
-    prefer_passive_openmp()
+    steps.prefer_passive_openmp()
     from mlpl.schemas.dataset import DatasetMeta
-    from mlpl.stages.precompute.run import PrecomputeCfg, run_precompute
+    from mlpl.stages.precompute.run import PrecomputeCfg
     from mlpl.stages.precompute.teacher import TeacherCfg, default_teacher_for
 
     if seeds < 1:
         raise InputError(f"--seeds must be ≥ 1, got {seeds}")
-    ds_dir = resolve_dataset(dataset, data_root)
+    ds_dir = steps.resolve_dataset_dir(dataset, data_root)
     meta = DatasetMeta.from_json(ds_dir / "dataset.json")
     teacher = TeacherCfg(
         model=model or default_teacher_for(meta.name), pretrained=pretrained, prompt_template=prompt_template,
@@ -124,21 +70,10 @@ def precompute_clip(
         dataset=ds_dir, out=out, seeds=tuple(range(seeds)), teacher=teacher, grid=grid, overlap=overlap, flip=flip,
         normalize=normalize, image_size=image_size, interpolation=interpolation, weak_aug=weak_aug,
         noise=text_noise, noise_topk=noise_topk, noise_seed=noise_seed, batch_size=batch_size,
-        workers=default_workers() if workers is None else workers, keep_embeddings=keep_embeddings,
+        workers=steps.default_workers() if workers is None else workers, keep_embeddings=keep_embeddings,
     )
-    with images_progress() as bar:
-        report = run_precompute(cfg, progress=bar)
-    if report.rank == 0:
-        from mlpl.schemas.store import open_store
-
-        done = int(open_store(report.store).done_matrix().sum())
-        rate = report.views / report.seconds if report.seconds > 0 else 0.0
-        share = " (rank 0's share)" if report.world > 1 else ""
-        typer.echo(
-            f"store {report.store}: {done}/{report.tasks_total} tasks done; this run{share}: {report.images} "
-            f"images, {report.views} views, {rate:,.0f} views/s"
-            + (f"; {len(report.corrupt_rows)} corrupt rows" if report.corrupt_rows else "")
-        )
+    for line in steps.precompute(cfg):
+        typer.echo(line)
 
 
 @app.command("inspect")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from mlpl import steps
 from mlpl.app import app
 from mlpl.schemas import dataset as dataset_schema
 from mlpl.schemas.dataset import DATASET_JSON, DatasetMeta
@@ -62,7 +63,7 @@ def prepare(
     ] = None,
 ) -> None:
     """Convert a source dataset into a prepared dataset (shards, labels, observation regimes)."""
-    from mlpl.stages.prepare.datasets import PrepareRequest, prepare_dataset
+    from mlpl.stages.prepare.datasets import PrepareRequest
 
     options = {
         "size": size, "test_size": test_size, "canvas": canvas, "cells": cells, "max_digits": max_digits,
@@ -73,17 +74,8 @@ def prepare(
         out=out, root=root, regimes=tuple(regime) if regime else None, rows_per_shard=rows_per_shard,
         skip_corrupt=skip_corrupt, overwrite=overwrite, options=options, from_formatted=from_formatted, images=images,
     )
-    report = prepare_dataset(dataset, req)
-    counts = ", ".join(f"{k} {v}" for k, v in report.splits.items())
-    regimes = DatasetMeta.from_json(report.out / DATASET_JSON).regimes
-    typer.echo(f"prepared {dataset} → {report.out} ({counts}; regimes: {', '.join(regimes)})")
-    if report.skipped:
-        typer.echo(f"skipped {len(report.skipped)} unreadable images (listed in {DATASET_JSON})")
-    meta = DatasetMeta.from_json(report.out / DATASET_JSON)
-    if meta.source.get("layout") == "manifest":
-        m = f"m = {meta.expected_positives}" if meta.expected_positives is not None else "m"
-        typer.echo(f"family {meta.family}: {m} from {meta.m_source}; val split: {meta.source['val']}; "
-                   f"{meta.source['unknown_full_labels']} images with unknown full labels")
+    for line in steps.prepare(dataset, req):
+        typer.echo(line)
 
 
 @app.command()

@@ -25,7 +25,7 @@ def build_report(paths: list[Path], group_by: str = "method", metrics: str = "ma
     written: list[Path] = []
     if plots is not None:
         from mlpl.stages.evaluate.plots import write_plots
-        from mlpl.stages.evaluate.report import test_predictions
+        from mlpl.stages.train.predict import test_predictions
 
         written = write_plots(runs, keys, wanted[0], split, plots, lambda run: test_predictions(run.path))
     return text, written

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from mlpl import steps
 from mlpl.app import app
 from mlpl.progress import progress_bar
 from mlpl.schemas.errors import InputError
-
-
-def resolve_dataset_dir(dataset: str, data_root: Path | None) -> Path:
-    """A prepared dataset folder, or a name looked up under the data root (`MLPL_DATA_ROOT`, else ./data)."""
-    path = Path(dataset)
-    if (path / "dataset.json").exists():
-        return path
-    root = data_root or Path(os.environ.get("MLPL_DATA_ROOT", "data"))
-    if (root / dataset / "dataset.json").exists():
-        return root / dataset
-    raise InputError(f"--dataset: {dataset!r} is neither a prepared dataset folder nor a name under the data root "
-                     f"{root} (looked for {path / 'dataset.json'} and {root / dataset / 'dataset.json'})")
 
 
 @app.command()
@@ -57,7 +45,7 @@ def train(
     from mlpl.schemas.dataset import DatasetMeta
     from mlpl.stages.train.loop import Trainer
 
-    ds_dir = resolve_dataset_dir(dataset, data_root)
+    ds_dir = steps.resolve_dataset_dir(dataset, data_root)
     meta = DatasetMeta.from_json(ds_dir / "dataset.json")
     out = out or Path("runs") / f"{meta.name}-{method}-{seed}"
     overrides = {
@@ -95,7 +83,8 @@ def evaluate(
 ) -> None:
     """Evaluate runs' best checkpoints on a split: print one table row per run and write JSON per run."""
     from mlpl.schemas.run import write_json_atomic
-    from mlpl.stages.evaluate.report import evaluate_run, format_table
+    from mlpl.stages.evaluate.report import format_table
+    from mlpl.stages.train.predict import evaluate_run
 
     if out is not None and len(runs) > 1:
         raise InputError(f"--out: names one file, but {len(runs)} runs were given; leave it out to write "

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from mlpl.schemas.labels import Observed, Pseudo
-from mlpl.stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
+from mlpl.stages.accumulate import AccumulatedPseudoLabels
 
 COUNT_NAMES: tuple[str, ...] = (
     "pos_predicted", "pos_correct", "pos_true", "acc_pos_predicted", "acc_pos_correct",

@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from mlpl.stages.precompute.views import CLIP_MEAN, CLIP_STD, normalize_views
-from mlpl.stages.prepare.digits import CLASSES, DigitsCfg, digit_pools, load_source_digits, render_digit
+from mlpl.stages.digits import CLASSES, DigitsCfg, digit_pools, load_source_digits, render_digit
+from mlpl.stages.precompute.views import normalize_views
+from mlpl.stages.runtime import CLIP_MEAN, CLIP_STD
 
 log = logging.getLogger(__name__)
 

@@ -17,16 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
+from mlpl.stages.runtime import NORMALIZATIONS
 
-# open_clip.constants, copied so that making views never imports open_clip (DataLoader workers)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "clip": (CLIP_MEAN, CLIP_STD),
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-}
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 # weak augmentation T(·) of docs/methods.md §4.1: each operation is applied independently with this probability

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import asdict, fields
 
 from mlpl.schemas.errors import InputError
-from mlpl.stages.prepare import digits
+from mlpl.stages import digits
 from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
 from mlpl.stages.prepare.observations import write_regimes
 from mlpl.stages.prepare.writer import PrepareReport, SourceImage, write_prepared

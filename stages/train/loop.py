@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,51 +14,26 @@ from typing import Any
 import numpy as np
 import torch
 from mlpl.schemas import run as run_schema
-from mlpl.schemas.dataset import PreparedDataset, open_dataset
+from mlpl.schemas.dataset import open_dataset
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import Store, check_matches_dataset, open_store
-from mlpl.stages.evaluate.metrics import evaluate_scores
+from mlpl.stages.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
-from mlpl.stages.runtime import pick_device
+from mlpl.stages.runtime import init_distributed, pick_device, seed_everything, world_from_env
+from mlpl.stages.train.checkpoint import load_best, load_last, save_best, save_last, training_state
 from mlpl.stages.train.config import TrainCfg, should_stop
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state_cfg, get_label_state_info
 from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
-from mlpl.stages.train.models import HEADS, Classifier, HeadOutput, create_classifier, get_head_info, param_groups
-from mlpl.stages.train.optim import create_optimizer, get_optimizer_info
+from mlpl.stages.train.models import HEADS, Classifier, HeadOutput, get_head_info
+from mlpl.stages.train.optim import get_optimizer_info
+from mlpl.stages.train.parts import build_parts
+from mlpl.stages.train.predict import predict, split_metrics
 from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg
-from mlpl.stages.train.pseudolabels.accumulate import AccumulatedPseudoLabels
-from mlpl.stages.train.stream import StreamCfg, eval_loader, train_loader
+from mlpl.stages.train.stream import StreamCfg, train_loader
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@torch.no_grad()
-def predict(model: Classifier, ds: PreparedDataset, split: str, stream: StreamCfg, device: torch.device,
-            amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, probabilities [n, C], full labels [n, C]) of a split, ordered by row."""
-    model.eval()
-    rows, probs, full = [], [], []
-    for batch in eval_loader(ds, split, stream):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch["image"].to(device, non_blocking=True))
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        rows.append(batch["row"].numpy())
-        full.append(batch["full"].numpy())
-    r = np.concatenate(rows)
-    order = np.argsort(r)
-    return r[order], np.concatenate(probs)[order], np.concatenate(full)[order]
-
-
-def _metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
-    return {k: float(v) for k, v in evaluate_scores(scores, targets, threshold=threshold).items()}
 
 
 def _split_metrics(m: dict[str, float]) -> run_schema.SplitMetrics:
@@ -78,15 +52,13 @@ class Trainer:
         self.online_sims = online_sims
         self.out = Path(cfg.out)
         self.progress = progress or (lambda phase, done, total: None)
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        world = world_from_env()
+        self.rank, self.world = world.rank, world.world
         self.device = pick_device(cfg.device)
         if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not torch.distributed.is_initialized():
-            # launched by torchrun: one process per GPU (nccl), or per CPU slot (gloo)
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.device = torch.device("cuda", world.local_rank)
+        # launched by torchrun: one process per GPU (nccl), or per CPU slot (gloo)
+        init_distributed(cuda=self.device.type == "cuda")
         self.amp = self.device.type == "cuda"
         if self.device.type == "cpu":
             # leave the DataLoader workers their cores: oversubscribed intra-op threads slow CPU training ~5×
@@ -167,32 +139,6 @@ class Trainer:
             return 0
         return (epoch - 1) % len(self.store.attrs.seeds)
 
-    # ------------------------------------------------------------------ state
-    def _state(self, model: Classifier, opt: torch.optim.Optimizer, epoch: int, history: dict) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "accumulated": self.accumulated.state_dict(),
-            "label_state": self.labels.state_dict(),
-            "quality": self.quality.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            "config": dataclasses.asdict(self.cfg),
-        }
-
-    def _save_last(self, state: dict[str, Any]) -> None:
-        tmp = self.out / (run_schema.LAST_STATE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.out / run_schema.LAST_STATE)
-
-    def _save_best(self, model: Classifier) -> None:
-        from safetensors.torch import save_file
-
-        tmp = self.out / (run_schema.BEST_WEIGHTS + ".tmp")
-        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, self.out / run_schema.BEST_WEIGHTS)
-
     # ------------------------------------------------------------------ steps
     def _pseudo(self, batch: dict[str, torch.Tensor], observed: torch.Tensor, gen: torch.Generator,
                 epoch: int, logits: torch.Tensor, state: EpochState) -> torch.Tensor | None:
@@ -265,37 +211,20 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / run_schema.CONFIG_TOML).write_text(run_schema.dump_toml(dataclasses.asdict(cfg)))
         seed_everything(cfg.seed)
-        model, weights = create_classifier(cfg.backbone, self.ds.meta.num_classes, pretrained=cfg.pretrained,
-                                           weights=Path(cfg.backbone_weights) if cfg.backbone_weights else None,
-                                           head=cfg.head, head_params=cfg.head_params, family=cfg.family)
-        model.to(self.device)
-        ddp_model: torch.nn.Module = model
-        if self.world > 1:
-            ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-        state_groups = self.labels.param_groups(cfg.lr)
-        self.state_params = [p for group in state_groups for p in group["params"]]
-        opt = create_optimizer(cfg.optimizer, param_groups(model, cfg.lr, cfg.head_lr_mult) + state_groups)
+        parts = build_parts(cfg, self.ds.meta.num_classes, self.device, self.labels, self.world)
+        model, opt = parts.model, parts.optimizer
+        self.state_params = parts.state_params
+        stateful = {"model": model, "optimizer": opt, "accumulated": self.accumulated, "label_state": self.labels,
+                    "quality": self.quality}
         history: dict[str, Any] = {"val_map": [], "best_epoch": 0, "stopped": False}
         start_epoch = 1
-        last = self.out / run_schema.LAST_STATE
-        if last.exists():
-            state = torch.load(last, map_location="cpu", weights_only=False)
-            if state["config"] != dataclasses.asdict(cfg):
-                raise InputError(f"{last}: belongs to a run with another configuration; choose another --out")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            self.accumulated.load_state_dict(state["accumulated"])
-            self.quality.load_state_dict(state["quality"])
-            self.labels.load_state_dict(state["label_state"])
-            history = state["history"]
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
-            start_epoch = state["epoch"] + 1
+        resumed = load_last(self.out, cfg, stateful)
+        if resumed is not None:
+            start_epoch, history = resumed[0] + 1, resumed[1]
             log.info("resuming %s from epoch %d", self.out, start_epoch)
         else:
             (self.out / run_schema.METRICS_JSONL).write_text("")
-        train_forward = ddp_model if self.world > 1 else model
+        train_forward = parts.forward
         for epoch in range(start_epoch, cfg.epochs + 1):
             if history["stopped"]:
                 break
@@ -313,7 +242,7 @@ class Trainer:
             val = None
             if self.has_val:
                 _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp)
-                val = _metrics(probs, full, cfg.threshold)
+                val = split_metrics(probs, full, cfg.threshold)
                 history["val_map"].append(val["map"])
             if self.rank == 0:
                 record = {"epoch": epoch, "split": "train", "loss": loss, "seconds": time.time() - t0}
@@ -325,15 +254,15 @@ class Trainer:
                     run_schema.append_metrics(self.out, {"epoch": epoch, "split": "val", **val})
                 if val is None or val["map"] >= max(history["val_map"]):  # no val split: the last epoch
                     history["best_epoch"] = epoch
-                    self._save_best(model)
+                    save_best(self.out, model)
             history["stopped"] = should_stop(cfg.early_stop, history["val_map"])
             history["epochs_run"] = epoch
             if self.rank == 0:
-                self._save_last(self._state(model, opt, epoch, history))
+                save_last(self.out, training_state(cfg, epoch, history, stateful))
             log.info("epoch %d: loss %.4f, val mAP %s", epoch, loss, f"{val['map']:.2f}" if val else "-")
         if self.world > 1:
             torch.distributed.barrier()  # rank 0 has written best.safetensors
-        return self.finish(model, history, weights)
+        return self.finish(model, history, parts.weights)
 
     def notes(self) -> list[str]:
         """What this run could not do as usual on its dataset, in words (the summary's `notes`)."""
@@ -346,17 +275,15 @@ class Trainer:
         return notes
 
     def finish(self, model: Classifier, history: dict[str, Any], weights: str) -> run_schema.RunSummary:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(self.out / run_schema.BEST_WEIGHTS)))
+        load_best(self.out, model)
         val = None
         if self.has_val:
             _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp)
-            val = _metrics(vp, vf, self.cfg.threshold)
+            val = split_metrics(vp, vf, self.cfg.threshold)
         test = None
         if self.ds.meta.splits.get("test", 0):
             tr, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp)
-            test = _metrics(tp, tf, self.cfg.threshold)
+            test = split_metrics(tp, tf, self.cfg.threshold)
             if self.rank == 0:
                 run_schema.append_metrics(self.out, {"epoch": history["best_epoch"], "split": "test", **test})
                 run_schema.write_predictions(self.out, "test", tr, tp, tf)

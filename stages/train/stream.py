@@ -24,11 +24,9 @@ import numpy as np
 import torch
 from mlpl.schemas.dataset import PreparedDataset
 from mlpl.schemas.errors import InputError
+from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""The evaluation pass: a model's probabilities over a split; a finished run's best checkpoint evaluated again."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlpl.schemas import run as run_schema
+from mlpl.schemas.dataset import PreparedDataset, open_dataset
+from mlpl.schemas.errors import InputError
+from mlpl.stages.evaluate.metrics import evaluate_scores
+from mlpl.stages.train.config import TrainCfg
+from mlpl.stages.train.models import Classifier, create_classifier
+from mlpl.stages.train.stream import StreamCfg, eval_loader
+
+
+@torch.no_grad()
+def predict(model: Classifier, ds: PreparedDataset, split: str, stream: StreamCfg, device: torch.device,
+            amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, probabilities [n, C], full labels [n, C]) of a split, ordered by row."""
+    model.eval()
+    rows, probs, full = [], [], []
+    for batch in eval_loader(ds, split, stream):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(batch["image"].to(device, non_blocking=True))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        rows.append(batch["row"].numpy())
+        full.append(batch["full"].numpy())
+    r = np.concatenate(rows)
+    order = np.argsort(r)
+    return r[order], np.concatenate(probs)[order], np.concatenate(full)[order]
+
+
+def split_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+    """Every metric of docs/methods.md §2 over one split, as plain floats."""
+    return {k: float(v) for k, v in evaluate_scores(scores, targets, threshold=threshold).items()}
+
+
+def load_run_model(run: Path) -> tuple[TrainCfg, Classifier, PreparedDataset]:
+    """(TrainCfg, model with best weights, dataset) of a run folder."""
+    from safetensors.torch import load_file
+
+    cfg_path = Path(run) / run_schema.CONFIG_TOML
+    weights = Path(run) / run_schema.BEST_WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.exists():
+            raise InputError(f"{p}: missing; expected a run folder written by `mlpl train`")
+    cfg = TrainCfg(**tomllib.loads(cfg_path.read_text()))
+    ds = open_dataset(Path(cfg.dataset))
+    model, _ = create_classifier(cfg.backbone, ds.meta.num_classes, pretrained=False, head=cfg.head,
+                                 head_params=cfg.head_params, family=cfg.family)
+    model.load_state_dict(load_file(str(weights)))
+    return cfg, model, ds
+
+
+def evaluate_run(run: Path, split: str, threshold: float | None = None) -> dict[str, Any]:
+    """A run's best checkpoint on `split` ('val' or 'test'): its metrics at `threshold` (default: the run's)."""
+    if split not in ("val", "test"):
+        raise InputError(f"--split: {split!r}; expected val or test")
+    cfg, model, ds = load_run_model(run)
+    if not ds.meta.splits.get(split):
+        raise InputError(f"--split: dataset {ds.meta.name!r} has no {split} rows")
+    stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers)
+    _, probs, full = predict(model, ds, split, stream, torch.device("cpu"))
+    t = cfg.threshold if threshold is None else threshold
+    return {"run": str(run), "split": split, "threshold": t, "method": cfg.method,
+            "metrics": split_metrics(probs, full, t)}
+
+
+def test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(probabilities, full labels) of a run's test split: the ones the run saved, else predicted from its best
+    weights; None when its dataset has no test split."""
+    saved = run_schema.read_predictions(Path(run), "test")
+    if saved is not None:
+        return saved
+    cfg, model, ds = load_run_model(Path(run))
+    if not ds.meta.splits.get("test"):
+        return None
+    stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=cfg.workers)
+    _, probs, full = predict(model, ds, "test", stream, torch.device("cpu"))
+    return probs, full
