@@ -148,3 +148,37 @@ def test_unknown_optimizer_in_a_preset_fails_before_training(digits_methods, tmp
     assert run_cli(["train", "--dataset", digits_methods, "--method", "mime", "--preset", preset,
                     "--out", tmp_path / "run", "--epochs", "1", "--max-batches", "1"]) == 2
     assert "unknown optimizer 'sgd'" in capsys.readouterr().err
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_pseudo_positives_survive_a_crash_and_resume(digits_methods, tmp_path) -> None:
+    """Warm-up 1, θ 0.05 on tiny digits: epoch 1's pass turns cells positive; a run killed in epoch 3 resumes with
+    them (from `last.pt`) and ends where the uninterrupted run ends."""
+    from mlpl.schemas import run as run_schema
+    from mlpl.schemas.dataset import DatasetMeta
+    from mlpl.stages.train.loop import Trainer
+
+    meta = DatasetMeta.from_json(digits_methods / "dataset.json")
+    overrides = {"epochs": 3, "batch_size": 16, "image_size": 32, "workers": 0, "max_batches": 2,
+                 "label_state_params": {"warmup": 1, "threshold": 0.05}}
+
+    def cfg(out):
+        return resolve_train_cfg("mime", str(digits_methods), meta.name, str(out), None, overrides, meta.family)
+
+    whole = Trainer(cfg(tmp_path / "whole")).run()
+
+    def crash_in_epoch_3(phase: str, done: int, total: int) -> None:
+        if phase.startswith("epoch 3/"):
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        Trainer(cfg(tmp_path / "crashed"), progress=crash_in_epoch_3).run()
+    saved = torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)
+    assert saved["epoch"] == 2 and int(saved["label_state"]["corrected"].sum()) > 0
+    resumed = Trainer(cfg(tmp_path / "crashed")).run()
+    assert resumed.test.map == pytest.approx(whole.test.map)
+    positives = [r["state_positives"] for r in run_schema.read_metrics(tmp_path / "whole") if r["split"] == "train"]
+    assert positives[0] > 0 and positives == sorted(positives)  # permanent: the count never falls
