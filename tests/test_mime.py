@@ -89,6 +89,8 @@ def test_mime_head_on_a_backbone_without_feature_map(monkeypatch: pytest.MonkeyP
                                          r"map: \['resnet18', 'resnet50', 'small-cnn'\]"):
         create_classifier("pooled-only", 3, pretrained=False, head="mime")
     create_classifier("pooled-only", 3, pretrained=False, head="linear")  # other heads pool anyway
+    with pytest.raises(InputError, match=r"got shape \(2, 4\)\. Backbones with a feature map: \['resnet18'"):
+        _tiny_head()(torch.zeros(2, 4))  # pooled features reaching the head at run time
 
 
 def test_mime_head_settings_out_of_range() -> None:

@@ -36,7 +36,7 @@ import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.registry import HYPERPARAMETER_DATASETS
 from mlpl.stages.train.losses.mime import gaussian_kl
-from mlpl.stages.train.models import HEADS, HeadInfo, HeadOutput
+from mlpl.stages.train.models import BACKBONES, HEADS, HeadInfo, HeadOutput
 from torch import nn
 
 
@@ -167,7 +167,9 @@ class MimeHead(nn.Module):
     def posterior(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, σ), each [B, C, z], of the classes' latent codes for a feature map [B, D, h, w]."""
         if feature_map.dim() != 4:
-            raise ValueError(f"head 'mime' needs a feature map [B, D, h, w], got shape {tuple(feature_map.shape)}")
+            supported = [b.name for b in BACKBONES if b.feature_map]
+            raise InputError(f"--head mime: needs the backbone's spatial feature map [B, D, h, w], got shape "
+                             f"{tuple(feature_map.shape)}. Backbones with a feature map: {supported}")
         batch, dim, height, width = feature_map.shape
         memory = feature_map.flatten(2).transpose(1, 2)  # [B, h·w, D]
         pos = sine_position_embedding(height, width, dim, feature_map.device).to(memory.dtype)[None]
