@@ -1,1 +1,5 @@
-"""Orchestration: the `mlpl` command line, configs, presets, runtime."""
+"""Orchestration: the `mlpl` command line, configs, presets, runtime; `mlpl.load` for library users."""
+
+from mlpl.api import load
+
+__all__ = ["load"]

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from mlpl.app import app
-from mlpl.commands import demo, methods, precompute, prepare, report, train  # noqa: F401  (each registers its commands)
+from mlpl.commands import demo, deploy, methods, precompute, prepare, report, train  # noqa: F401  (each registers its commands)
 from mlpl.schemas.errors import InputError
 
 __all__ = ["app", "main"]

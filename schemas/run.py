@@ -22,6 +22,63 @@ PREDICTIONS_NPZ = "predictions-{split}.npz"
 
 METRIC_KEYS = ("map", "cf1", "of1", "macro_f1", "hamming")
 
+MODEL_META_KEY = "mlpl.model"  # the key of `ModelMeta` in best.safetensors' and exported models' metadata
+MODEL_META_VERSION = 1
+MODEL_INPUT = ("uint8 RGB images [B, 3, S, S] (S = image_size): decoded with EXIF orientation ignored and resized "
+               "to S x S without keeping the aspect ratio ('interpolation'); the model scales them to [0, 1], "
+               "normalises with mean/std and returns sigmoid probabilities [B, C]")
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a trained model needs beside its weights to be used on new images (stored with the weights).
+
+    `thresholds` holds one threshold per class where they were chosen per class (`--thresholds val-f1`),
+    else None and `threshold` applies to every class.
+    """
+
+    classes: tuple[str, ...]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    backbone: str
+    head: str
+    head_params: dict[str, Any]
+    family: str
+    threshold: float
+    thresholds: tuple[float, ...] | None = None
+    threshold_rule: str = "the run's threshold"
+    method: str = ""
+    dataset: str = ""
+    dataset_fingerprint: str = ""
+    input: str = MODEL_INPUT
+    version: int = MODEL_META_VERSION
+
+    def class_thresholds(self) -> list[float]:
+        return list(self.thresholds) if self.thresholds is not None else [self.threshold] * len(self.classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ModelMeta:
+        try:
+            d = json.loads(text)
+            if d.get("version") != MODEL_META_VERSION:
+                raise InputError(f"{where}: model metadata version {d.get('version')}, this mlpl reads "
+                                 f"{MODEL_META_VERSION}")
+            for key in ("classes", "mean", "std"):
+                d[key] = tuple(d[key])
+            if d.get("thresholds") is not None:
+                d["thresholds"] = tuple(float(t) for t in d["thresholds"])
+            meta = cls(**d)
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+            raise InputError(f"{where}: malformed model metadata under {MODEL_META_KEY!r} ({e})") from None
+        if meta.thresholds is not None and len(meta.thresholds) != len(meta.classes):
+            raise InputError(f"{where}: {len(meta.thresholds)} thresholds for {len(meta.classes)} classes")
+        return meta
+
 
 @dataclass(frozen=True)
 class SplitMetrics:
@@ -47,6 +104,18 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)  # what the run could not do as usual, and why
     schema: str = RUN_SCHEMA
     version: int = RUN_SCHEMA_VERSION
+
+
+def read_model_meta(weights: Path) -> ModelMeta | None:
+    """The `ModelMeta` stored in a best.safetensors, or None for weights written before it was stored."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            text = (fh.metadata() or {}).get(MODEL_META_KEY)
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise InputError(f"{weights}: not a readable safetensors file ({e.__class__.__name__}: {e})") from None
+    return None if text is None else ModelMeta.from_json(text, str(weights))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"pipeline": "mlpl", "stages": "mlpl.stages", "schemas": "mlpl.schemas"}
-STAGE_PACKAGES = ("prepare", "precompute", "train", "evaluate")
+STAGE_PACKAGES = ("prepare", "precompute", "train", "evaluate", "deploy")
 
 
 def module_files() -> dict[str, Path]:

@@ -49,7 +49,7 @@ def train(
     meta = DatasetMeta.from_json(ds_dir / "dataset.json")
     out = out or Path("runs") / f"{meta.name}-{method}-{seed}"
     overrides = {
-        "pseudo_store": str(pseudo_store) if pseudo_store else None, "regime": regime, "epochs": epochs,
+        "pseudo_store": str(pseudo_store.resolve()) if pseudo_store else None, "regime": regime, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "head_lr_mult": head_lr_mult, "backbone": backbone, "head": head,
         "backbone_weights": str(backbone_weights) if backbone_weights else None, "pretrained": pretrained,
         "image_size": image_size, "pseudo": pseudo, "pseudo_mode": pseudo_mode, "workers": workers, "seed": seed,
@@ -80,6 +80,9 @@ def evaluate(
     threshold: Annotated[float | None, typer.Option(help="Threshold for F1/Hamming (default: the run's).")] = None,
     out: Annotated[Path | None, typer.Option(
         help="JSON file to write (one run only; default RUN/eval-<split>.json).")] = None,
+    dataset: Annotated[Path | None, typer.Option(
+        help="One run only: its prepared dataset, where the two moved (default: the absolute path it records).")
+    ] = None,
 ) -> None:
     """Evaluate runs' best checkpoints on a split: print one table row per run and write JSON per run."""
     from mlpl.schemas.run import write_json_atomic
@@ -89,9 +92,11 @@ def evaluate(
     if out is not None and len(runs) > 1:
         raise InputError(f"--out: names one file, but {len(runs)} runs were given; leave it out to write "
                          "RUN/eval-<split>.json in each")
+    if dataset is not None and len(runs) > 1:
+        raise InputError(f"--dataset: names one run's dataset, but {len(runs)} runs were given")
     rows = []
     for run in runs:
-        result = evaluate_run(run, split, threshold)
+        result = evaluate_run(run, split, threshold, dataset)
         path = out or run / f"eval-{split}.json"
         write_json_atomic(path, result)
         rows.append({"run": str(run), "method": result["method"], **result["metrics"]})

@@ -135,8 +135,8 @@ def _read_text(path: Path) -> ManifestColumns:
         if col in names:
             labels[col] = [_split_cell(c, f"{path}:{lines[i]}, column {col!r}")
                            for i, c in enumerate(table.column(col).to_pylist())]
-    return ManifestColumns(path, [x.strip() or None for x in image], [x.strip() or None for x in split], labels,
-                           ignored, lines)
+    return ManifestColumns(path, [(x or "").strip() or None for x in image], [(x or "").strip() or None for x in split],
+                           labels, ignored, lines)
 
 
 def _check_list(value: Any, where: str) -> Names:

@@ -21,15 +21,30 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
 
 
-def training_state(cfg: TrainCfg, epoch: int, history: dict[str, Any], parts: dict[str, Stateful]) -> dict[str, Any]:
-    """What `last.pt` holds after `epoch`: every part's state, the history, the global RNG states, the config."""
+PATH_FIELDS = ("dataset", "pseudo_store", "out")  # where things are, not what they are: a moved run resumes
+
+
+def training_state(cfg: TrainCfg, epoch: int, history: dict[str, Any], parts: dict[str, Stateful],
+                   fingerprint: str = "") -> dict[str, Any]:
+    """What `last.pt` holds after `epoch`: every part's state, the history, the global RNG states, the config
+    and the dataset's fingerprint."""
     return {
         **{name: part.state_dict() for name, part in parts.items()},
         "epoch": epoch,
         "history": history,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         "config": dataclasses.asdict(cfg),
+        "dataset_fingerprint": fingerprint,
     }
+
+
+def same_run(state: dict[str, Any], cfg: TrainCfg, fingerprint: str) -> bool:
+    """Whether a saved state belongs to this configuration (paths aside) and dataset (its fingerprint)."""
+    def strip(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in PATH_FIELDS}
+
+    return strip(state["config"]) == strip(dataclasses.asdict(cfg)) and \
+        state.get("dataset_fingerprint", fingerprint) in ("", fingerprint)
 
 
 def save_last(out: Path, state: dict[str, Any]) -> None:
@@ -39,7 +54,8 @@ def save_last(out: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, out / run_schema.LAST_STATE)
 
 
-def load_last(out: Path, cfg: TrainCfg, parts: dict[str, Stateful]) -> tuple[int, dict[str, Any]] | None:
+def load_last(out: Path, cfg: TrainCfg, parts: dict[str, Stateful],
+              fingerprint: str = "") -> tuple[int, dict[str, Any]] | None:
     """Restore every part and the RNG states from `last.pt`; (its epoch, history), or None without one.
 
     Raises:
@@ -49,7 +65,7 @@ def load_last(out: Path, cfg: TrainCfg, parts: dict[str, Stateful]) -> tuple[int
     if not last.exists():
         return None
     state = torch.load(last, map_location="cpu", weights_only=False)
-    if state["config"] != dataclasses.asdict(cfg):
+    if not same_run(state, cfg, fingerprint):
         raise InputError(f"{last}: belongs to a run with another configuration; choose another --out")
     for name, part in parts.items():
         part.load_state_dict(state[name])
@@ -59,12 +75,14 @@ def load_last(out: Path, cfg: TrainCfg, parts: dict[str, Stateful]) -> tuple[int
     return state["epoch"], state["history"]
 
 
-def save_best(out: Path, model: torch.nn.Module) -> None:
-    """Write the model's weights to `best.safetensors` through a temporary file."""
+def save_best(out: Path, model: torch.nn.Module, meta: run_schema.ModelMeta | None = None) -> None:
+    """Write the model's weights to `best.safetensors` through a temporary file, with `meta` (class names,
+    preprocessing, backbone, threshold) in its metadata so that the file alone can be used on new images."""
     from safetensors.torch import save_file
 
     tmp = out / (run_schema.BEST_WEIGHTS + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    metadata = {run_schema.MODEL_META_KEY: meta.to_json()} if meta is not None else None
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
     os.replace(tmp, out / run_schema.BEST_WEIGHTS)
 
 

@@ -19,7 +19,14 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import Store, check_matches_dataset, open_store
 from mlpl.stages.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
-from mlpl.stages.runtime import init_distributed, pick_device, seed_everything, world_from_env
+from mlpl.stages.runtime import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    init_distributed,
+    pick_device,
+    seed_everything,
+    world_from_env,
+)
 from mlpl.stages.train.checkpoint import load_best, load_last, save_best, save_last, training_state
 from mlpl.stages.train.config import TrainCfg, should_stop
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state_cfg, get_label_state_info
@@ -139,6 +146,16 @@ class Trainer:
             return 0
         return (epoch - 1) % len(self.store.attrs.seeds)
 
+    def model_meta(self) -> run_schema.ModelMeta:
+        """What the best weights need to be used on new images (class names, preprocessing, backbone, threshold)."""
+        cfg, meta = self.cfg, self.ds.meta
+        return run_schema.ModelMeta(
+            classes=meta.classes, image_size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            interpolation="bilinear", backbone=cfg.backbone, head=cfg.head, head_params=dict(cfg.head_params),
+            family=cfg.family, threshold=cfg.threshold, method=cfg.method, dataset=meta.name,
+            dataset_fingerprint=meta.fingerprint,
+        )
+
     # ------------------------------------------------------------------ steps
     def _pseudo(self, batch: dict[str, torch.Tensor], observed: torch.Tensor, gen: torch.Generator,
                 epoch: int, logits: torch.Tensor, state: EpochState) -> torch.Tensor | None:
@@ -218,7 +235,7 @@ class Trainer:
                     "quality": self.quality}
         history: dict[str, Any] = {"val_map": [], "best_epoch": 0, "stopped": False}
         start_epoch = 1
-        resumed = load_last(self.out, cfg, stateful)
+        resumed = load_last(self.out, cfg, stateful, self.ds.meta.fingerprint)
         if resumed is not None:
             start_epoch, history = resumed[0] + 1, resumed[1]
             log.info("resuming %s from epoch %d", self.out, start_epoch)
@@ -254,11 +271,11 @@ class Trainer:
                     run_schema.append_metrics(self.out, {"epoch": epoch, "split": "val", **val})
                 if val is None or val["map"] >= max(history["val_map"]):  # no val split: the last epoch
                     history["best_epoch"] = epoch
-                    save_best(self.out, model)
+                    save_best(self.out, model, self.model_meta())
             history["stopped"] = should_stop(cfg.early_stop, history["val_map"])
             history["epochs_run"] = epoch
             if self.rank == 0:
-                save_last(self.out, training_state(cfg, epoch, history, stateful))
+                save_last(self.out, training_state(cfg, epoch, history, stateful, self.ds.meta.fingerprint))
             log.info("epoch %d: loss %.4f, val mAP %s", epoch, loss, f"{val['map']:.2f}" if val else "-")
         if self.world > 1:
             torch.distributed.barrier()  # rank 0 has written best.safetensors

@@ -39,28 +39,54 @@ def split_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> 
     return {k: float(v) for k, v in evaluate_scores(scores, targets, threshold=threshold).items()}
 
 
-def load_run_model(run: Path) -> tuple[TrainCfg, Classifier, PreparedDataset]:
-    """(TrainCfg, model with best weights, dataset) of a run folder."""
+def read_run_cfg(run: Path) -> TrainCfg:
+    """The `TrainCfg` of a run folder's config.toml."""
+    path = Path(run) / run_schema.CONFIG_TOML
+    if not path.is_file():
+        raise InputError(f"{path}: missing; expected a run folder written by `mlpl train`")
+    try:
+        return TrainCfg(**tomllib.loads(path.read_text()))
+    except (tomllib.TOMLDecodeError, TypeError) as e:
+        raise InputError(f"{path}: not a run configuration ({e})") from None
+
+
+def run_dataset(run: Path, cfg: TrainCfg, dataset: Path | None = None) -> PreparedDataset:
+    """The prepared dataset a run was trained on: the absolute path it records, or `dataset` where the two were
+    moved, checked to be the same dataset (its fingerprint) where the run's weights record one."""
+    path = Path(dataset) if dataset is not None else Path(cfg.dataset)
+    if dataset is None and not (path / "dataset.json").is_file():
+        raise InputError(f"{Path(run) / run_schema.CONFIG_TOML}: the run's dataset {path} is not there (moved, or a "
+                         "relative path from another directory); pass --dataset PATH")
+    ds = open_dataset(path)
+    weights = Path(run) / run_schema.BEST_WEIGHTS
+    meta = run_schema.read_model_meta(weights) if weights.is_file() else None
+    if meta is not None and meta.dataset_fingerprint and meta.dataset_fingerprint != ds.meta.fingerprint:
+        raise InputError(f"--dataset {path}: fingerprint {ds.meta.fingerprint}, but run {run} was trained on "
+                         f"{meta.dataset!r} with fingerprint {meta.dataset_fingerprint}; expected the same dataset")
+    return ds
+
+
+def load_run_model(run: Path, dataset: Path | None = None) -> tuple[TrainCfg, Classifier, PreparedDataset]:
+    """(TrainCfg, model with best weights, dataset) of a run folder; `dataset` where the run's dataset moved."""
     from safetensors.torch import load_file
 
-    cfg_path = Path(run) / run_schema.CONFIG_TOML
+    cfg = read_run_cfg(run)
     weights = Path(run) / run_schema.BEST_WEIGHTS
-    for p in (cfg_path, weights):
-        if not p.exists():
-            raise InputError(f"{p}: missing; expected a run folder written by `mlpl train`")
-    cfg = TrainCfg(**tomllib.loads(cfg_path.read_text()))
-    ds = open_dataset(Path(cfg.dataset))
+    if not weights.exists():
+        raise InputError(f"{weights}: missing; expected a run folder written by `mlpl train`")
+    ds = run_dataset(run, cfg, dataset)
     model, _ = create_classifier(cfg.backbone, ds.meta.num_classes, pretrained=False, head=cfg.head,
                                  head_params=cfg.head_params, family=cfg.family)
     model.load_state_dict(load_file(str(weights)))
     return cfg, model, ds
 
 
-def evaluate_run(run: Path, split: str, threshold: float | None = None) -> dict[str, Any]:
+def evaluate_run(run: Path, split: str, threshold: float | None = None,
+                 dataset: Path | None = None) -> dict[str, Any]:
     """A run's best checkpoint on `split` ('val' or 'test'): its metrics at `threshold` (default: the run's)."""
     if split not in ("val", "test"):
         raise InputError(f"--split: {split!r}; expected val or test")
-    cfg, model, ds = load_run_model(run)
+    cfg, model, ds = load_run_model(run, dataset)
     if not ds.meta.splits.get(split):
         raise InputError(f"--split: dataset {ds.meta.name!r} has no {split} rows")
     stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers)
