@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from mlpl.schemas.store import open_store
 from mlpl.stages.precompute.teacher import TeacherCfg, load_teacher
-from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS
+from mlpl.stages.runtime import NORMALIZATIONS
+from mlpl.stages.train.stream import model_input
 
 
 def batch_views(images: torch.Tensor, grid: int, size: int) -> torch.Tensor:
@@ -41,13 +42,12 @@ def make_online_sims(store_path: Path, pretrained: str | None = None) -> Callabl
                                       if not torch.cuda.is_available() else None))
     text = torch.from_numpy(store.text_emb()).to(teacher.device)
     grid, size = int(attrs.views["grid"]), teacher.image_size
-    mean_in = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
-    std_in = torch.tensor(IMAGENET_STD).view(1, 1, 3, 1, 1)
-    mean_out, std_out = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in NORMALIZATIONS[attrs.views["normalize"]])
+    mean, std = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in NORMALIZATIONS[attrs.views["normalize"]])
 
     def sims(batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
-        views = batch_views(batch["image"], grid, size)
-        views = ((views * std_in + mean_in) - mean_out) / std_out  # the stream's normalisation → the teacher's
+        # the stream's flipped images in [0, 1] (mean 0, std 1), then the teacher's normalisation
+        images = model_input(batch, torch.device("cpu"), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        views = (batch_views(images, grid, size) - mean) / std
         emb = teacher.encode_images(views.flatten(0, 1))
         return (emb @ text.T).view(views.shape[0], views.shape[1], -1).float().cpu()
 

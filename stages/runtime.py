@@ -1,4 +1,5 @@
-"""Runtime helpers shared by the stages, written once: device choice, the torchrun world, seeding, normalisation.
+"""Runtime helpers shared by the stages, written once: device choice, the torchrun world, seeding, normalisation,
+the DataLoader worker count.
 
 Every stage that runs under `torchrun` joins the world through `init_distributed` and seeds through
 `seed_everything`; image normalisation constants live here so that the teacher's views, the training
@@ -121,3 +122,32 @@ def rank0_first(info: DistInfo, fn: Callable[[], Any]) -> Any:
         is_input, message = status[0]
         raise (InputError if is_input else RuntimeError)(message)
     return fn() if info.rank != 0 else result
+
+
+def cores_per_process() -> int:
+    """The CPU cores this process may use, shared out among the processes torchrun started on this host."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def resolve_workers(workers: int | str, option: str = "--workers") -> int:
+    """DataLoader workers: a count ≥ 0, or 'auto' = this process's cores minus one (the main process's)."""
+    if workers == "auto":
+        return cores_per_process() - 1
+    try:
+        count = int(workers)
+    except (TypeError, ValueError):
+        raise InputError(f"{option} {workers!r}: expected 'auto' or an integer ≥ 0") from None
+    if count < 0 or isinstance(workers, bool) or (isinstance(workers, float) and workers != count):
+        raise InputError(f"{option} {workers!r}: expected 'auto' or an integer ≥ 0")
+    return count
+
+
+def workers_option(value: str | None, option: str = "--workers") -> int | str | None:
+    """A `--workers` CLI value as configs hold it: None (not given), 'auto', or a checked count."""
+    if value is None or value == "auto":
+        return value
+    return resolve_workers(value, option)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from mlpl.cli import main
 from mlpl.schemas.dataset import open_dataset
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import open_store
+from mlpl.stages.pixels import decode_uint8
 from mlpl.stages.precompute.run import PrecomputeCfg, run_precompute
 from mlpl.stages.precompute.teacher import TeacherCfg, class_text_embeddings, load_teacher
 from mlpl.stages.precompute.views import make_views, normalize_views
@@ -95,13 +95,12 @@ def test_store_holds_the_teachers_cosines(reference, dataset):
     teacher = load_teacher(TeacherCfg(model="digits"))
     text, _ = class_text_embeddings(teacher, ds.meta.classes, a.teacher["prompt_template"], None)
     np.testing.assert_array_equal(store.text_emb(), text.numpy())
-    from PIL import Image
 
     shard = dataset / "shards" / ds.shards_of("train")[2].name
     with tarfile.open(shard) as tar:
         png = tar.extractfile(f"{37:09d}.png").read()
-    views = make_views(Image.open(io.BytesIO(png)), 1, 37, ds_views(a.views))
-    feats = teacher.encode_images(normalize_views(torch.from_numpy(views), "clip"))
+    views = make_views(decode_uint8(png), 1, 37, ds_views(a.views))
+    feats = teacher.encode_images(normalize_views(views, "clip"))
     expected = (feats @ text.T).numpy()
     np.testing.assert_allclose(sims[1, 37].astype(np.float32), expected, atol=2e-3)
     # the teacher reads digits in tiles, not in the crowded global view (ARCHITECTURE.md)
@@ -233,6 +232,46 @@ def test_resuming_with_other_settings_is_refused(reference, tmp_path, dataset):
                         overlap=0.0, batch_size=BATCH, workers=0)
     with pytest.raises(InputError, match="views.overlap: store has 0.2, this run 0.0"):
         run_precompute(cfg)
+
+
+def test_a_store_whose_views_another_resampling_made_is_refused(reference, tmp_path, dataset):
+    """A store written by another resize implementation (older stores record none) is never resumed."""
+    import zarr
+
+    assert open_store(reference).attrs.views["resize"] == "torch-uint8"
+    out = tmp_path / "store"
+    shutil.copytree(reference, out)
+    group = zarr.open_group(str(out), mode="r+")
+    recorded = dict(group.attrs["mlpl"])
+    recorded["views"] = {k: v for k, v in recorded["views"].items() if k != "resize"}
+    group.attrs["mlpl"] = recorded
+    cfg = PrecomputeCfg(dataset=dataset, out=out, seeds=(0, 1), teacher=TeacherCfg(model="digits"),
+                        batch_size=BATCH, workers=0)
+    with pytest.raises(InputError, match='views.resize: store has null, this run "torch-uint8"'):
+        run_precompute(cfg)
+
+
+def test_view_batches_reuse_their_buffers_once_released(dataset):
+    from mlpl.stages.precompute.run import resolve_view_cfg
+    from mlpl.stages.precompute.tasks import train_tasks
+    from mlpl.stages.precompute.view_stream import ViewStream
+
+    ds = open_dataset(dataset)
+    teacher = load_teacher(TeacherCfg(model="digits"))
+    views = resolve_view_cfg(PrecomputeCfg(dataset=dataset, out=dataset / "unused", seeds=(0,),
+                                           teacher=TeacherCfg(model="digits")), ds, teacher)
+    stream = ViewStream(train_tasks(ds, (0,)), views, batch_images=6, workers=0, slots=2)  # shards of 16 rows
+    batches = iter(stream)
+    first = next(batches)
+    second = next(batches)
+    assert (first[5], second[5]) == (0, 1) and first[2].data_ptr() != second[2].data_ptr()
+    stream.release(first[5])
+    third = next(batches)
+    assert third[5] == 0 and third[2].data_ptr() == first[2].data_ptr()  # the released buffer, not a new one
+    fourth = next(batches)  # slots 0 and 1 still in use: a fresh buffer outside the ring
+    assert fourth[5] == -1 and fourth[2].data_ptr() not in {first[2].data_ptr(), second[2].data_ptr()}
+    assert third[2].shape[0] == 4 and fourth[3].all()
+    assert fourth[2].shape == (6, views.num_views, views.image_size, views.image_size, 3)
 
 
 def test_dataset_by_name_under_the_data_root(reference, dataset, tmp_path, capsys):

@@ -1,9 +1,11 @@
-"""Stage-two stream: exact epochs, determinism, rank split with equal batches, store join by chunk."""
+"""Stage-two stream: exact epochs, determinism, rank and worker splits with equal batches, store join by chunk,
+uint8 batches with the PIL path's pixels and flips, normalised on the device."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from mlpl.schemas.dataset import open_dataset
 from mlpl.stages.train.stream import StreamCfg, eval_loader, train_loader
 
@@ -81,3 +83,69 @@ def test_store_joined_one_chunk_at_a_time(digits_small, tmp_path, monkeypatch):
         got = b["sims"][:, 0, 0].numpy()
         np.testing.assert_allclose(got, b["row"].numpy() / 1000 + 0.5, atol=2e-3)
     assert sorted(reads) == [0, 1, 2]  # three chunks, each read once
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5, 7])
+def test_worker_row_ranges_partition_the_split_whatever_the_shard_count(digits_small, workers, monkeypatch):
+    from types import SimpleNamespace
+
+    from mlpl.stages.train import stream
+
+    ds = open_dataset(digits_small)
+    shards = stream._shards(ds, "train")
+    assert len(shards) == 3  # 160 rows in shards of 64
+    per_worker = []
+    for w in range(workers):
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda w=w: SimpleNamespace(id=w, num_workers=workers))
+        per_worker.append([s["row"] for s in stream.WorkerRows(shards)])
+    assert [r for rows in per_worker for r in rows] == list(range(160))  # contiguous, in order, each row once
+    sizes = [len(rows) for rows in per_worker]
+    assert max(sizes) - min(sizes) <= 1  # every worker asked for has work
+
+
+def test_more_workers_than_shards_keep_exact_epochs_and_equal_rank_batches(digits_small):
+    ds = open_dataset(digits_small)
+    obs = ds.observations("spml").matrix(10)
+    cfg = StreamCfg(image_size=32, batch_size=16, workers=5, shuffle_buffer=50)
+    assert sorted(_rows(train_loader(ds, obs, cfg, epoch=0, seed=0))) == list(range(160))
+    per_rank = [_rows(train_loader(ds, obs, cfg, epoch=0, seed=0, rank=r, world=2)) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 80 and set(per_rank[0]) | set(per_rank[1]) == set(range(160))
+    assert sorted(_rows(eval_loader(ds, "test", cfg))) == list(range(200, 250))
+
+
+def test_uint8_batches_hold_the_pil_path_pixels_and_the_seeded_flips(digits_small):
+    """The stream's images are PIL's decode + bilinear resize within one uint8 unit, flipped by the per-row coin."""
+    import webdataset as wds
+    from mlpl.schemas.images import decode_rgb
+    from mlpl.stages.train.stream import model_input
+    from PIL import Image
+
+    ds = open_dataset(digits_small)
+    obs = ds.observations("spml").matrix(10)
+    cfg = StreamCfg(image_size=40, batch_size=16, workers=2, shuffle_buffer=50)
+    raw = {int(s["row"]): s["png"] for url in ds.shard_paths("train")
+           for s in wds.WebDataset(str(url), shardshuffle=False, empty_check=False)}
+    epoch_seed = int(np.random.SeedSequence([0, 0]).generate_state(1)[0])
+    batch = next(iter(train_loader(ds, obs, cfg, epoch=0, seed=0)))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (16, 3, 40, 40)
+    shown = model_input(batch, torch.device("cpu"), (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))
+    flips = []
+    for i, row in enumerate(batch["row"].tolist()):
+        pil = np.asarray(decode_rgb(raw[row]).resize((40, 40), Image.BILINEAR)).astype(np.float32)
+        flip = np.random.default_rng([epoch_seed, row]).random() < 0.5  # the PIL path's coin
+        flips.append(flip)
+        expected = pil[:, ::-1] if flip else pil
+        assert np.abs(shown[i].permute(1, 2, 0).numpy() - expected).max() <= 1.0 + 1e-3, row
+    assert batch["flip"].tolist() == flips and 0 < sum(flips) < len(flips)
+
+
+def test_model_input_flips_and_normalises_with_the_given_statistics():
+    from mlpl.stages.train.stream import model_input
+
+    image = torch.arange(2 * 3 * 2 * 3, dtype=torch.uint8).view(2, 3, 2, 3) * 10
+    batch = {"image": image, "flip": torch.tensor([False, True])}
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 2.0)
+    x = model_input(batch, torch.device("cpu"), mean, std)
+    expected = (image.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    torch.testing.assert_close(x[0], expected[0])
+    torch.testing.assert_close(x[1], expected[1].flip(-1))

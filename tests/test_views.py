@@ -29,6 +29,11 @@ def tiled_image() -> Image.Image:
     return Image.fromarray(arr)
 
 
+def views_of(image: Image.Image, seed: int, row: int, cfg: ViewCfg) -> np.ndarray:
+    """make_views on a PIL image's pixels, as a numpy array [V, S, S, 3]."""
+    return make_views(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1), seed, row, cfg).numpy()
+
+
 def test_tile_boxes_without_overlap_partition_the_image_row_major():
     boxes = tile_boxes(60, 30, 3, np.zeros((9, 2)))
     expected = [
@@ -94,7 +99,7 @@ def test_switches_do_not_shift_the_other_draws():
 
 def test_tile_views_show_their_tile():
     cfg = ViewCfg(grid=3, overlap=0.0, flip=False, image_size=8, interpolation="nearest")
-    views = make_views(tiled_image(), seed=0, row=5, cfg=cfg)
+    views = views_of(tiled_image(), seed=0, row=5, cfg=cfg)
     assert views.shape == (10, 8, 8, 3) and views.dtype == np.uint8
     for z, colour in enumerate(TILE_COLOURS):
         assert (views[1 + z] == colour).all(), f"tile {z}"
@@ -104,7 +109,7 @@ def test_tile_views_show_their_tile():
 
 def test_bicubic_tile_views_centre_on_their_tile():
     cfg = ViewCfg(grid=3, overlap=0.0, flip=False, image_size=16)
-    views = make_views(tiled_image(), seed=0, row=5, cfg=cfg)
+    views = views_of(tiled_image(), seed=0, row=5, cfg=cfg)
     for z, colour in enumerate(TILE_COLOURS):
         assert np.abs(views[1 + z, 6:10, 6:10].astype(int) - colour).max() <= 1
 
@@ -113,19 +118,36 @@ def test_flipped_views_are_mirror_images():
     base = ViewCfg(grid=3, overlap=0.2, flip=False, image_size=12, interpolation="nearest")
     flipped = ViewCfg(grid=3, overlap=0.2, flip=True, image_size=12, interpolation="nearest")
     image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (30, 60, 3), dtype=np.uint8))
-    plain, views = make_views(image, 4, 9, base), make_views(image, 4, 9, flipped)
+    plain, views = views_of(image, 4, 9, base), views_of(image, 4, 9, flipped)
     flips = draw_view_params(4, 9, flipped).flips
     assert 0 < flips.sum() < len(flips)
     for v, f in enumerate(flips):
         np.testing.assert_array_equal(views[v], plain[v][:, ::-1] if f else plain[v])
 
 
+def test_views_are_within_one_unit_of_pils_sub_pixel_resize_on_average():
+    """Each view equals PIL's resize of its sub-pixel box (then flipped) within ~1 uint8 unit on average."""
+    rng = np.random.RandomState(5)
+    coarse = Image.fromarray(rng.randint(0, 256, (12, 16, 3), dtype=np.uint8)).resize((160, 120), Image.BICUBIC)
+    image = Image.fromarray(np.clip(np.asarray(coarse).astype(int) + rng.randint(-20, 21, (120, 160, 3)), 0, 255)
+                            .astype(np.uint8))
+    cfg = ViewCfg(grid=3, overlap=0.2, image_size=48)
+    gaps = []
+    for row in range(4):
+        views, params = views_of(image, 1, row, cfg), draw_view_params(1, row, cfg)
+        for v, box in enumerate(view_boxes(160, 120, 3, params.overlaps)):
+            pil = np.asarray(image.resize((48, 48), Image.BICUBIC, box=tuple(box))).astype(int)
+            pil = pil[:, ::-1] if params.flips[v] else pil
+            gaps.append(np.abs(views[v].astype(int) - pil).mean())
+    assert np.mean(gaps) <= 1.0 and max(gaps) <= 4.0
+
+
 def test_views_are_deterministic_and_depend_on_the_seed():
     image = Image.fromarray(np.random.RandomState(1).randint(0, 256, (40, 40, 3), dtype=np.uint8))
     cfg = ViewCfg(grid=2, overlap=0.2, image_size=16, weak_aug=True)
-    a, b = make_views(image, 2, 7, cfg), make_views(image, 2, 7, cfg)
+    a, b = views_of(image, 2, 7, cfg), views_of(image, 2, 7, cfg)
     assert a.tobytes() == b.tobytes()
-    assert make_views(image, 3, 7, cfg).tobytes() != a.tobytes()
+    assert views_of(image, 3, 7, cfg).tobytes() != a.tobytes()
 
 
 def test_weak_augmentation_changes_only_the_views_it_draws():
@@ -137,7 +159,7 @@ def test_weak_augmentation_changes_only_the_views_it_draws():
         applied = draw_view_params(0, row, on).aug[:, :4].any(axis=1)
         if 0 < applied.sum() < len(applied):
             break
-    a, b = make_views(image, 0, row, on), make_views(image, 0, row, off)
+    a, b = views_of(image, 0, row, on), views_of(image, 0, row, off)
     for v, changed in enumerate(applied):
         assert (a[v].tobytes() != b[v].tobytes()) == bool(changed)
 

@@ -85,6 +85,7 @@ def demo(
     from mlpl.stages.precompute.run import PrecomputeCfg
     from mlpl.stages.precompute.teacher import TeacherCfg, default_teacher_for
     from mlpl.stages.prepare.datasets import PrepareRequest
+    from mlpl.stages.runtime import resolve_workers
     from mlpl.stages.train.predict import load_run_model, predict
     from mlpl.stages.train.stream import StreamCfg
 
@@ -107,7 +108,7 @@ def demo(
     for row in rows:
         if row["seed"] == 0:
             cfg, model, ds = load_run_model(Path(row["run"]))
-            stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=cfg.workers)
+            stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=resolve_workers(cfg.workers))
             _, probs, full = predict(model, ds, "test", stream, torch.device("cpu"))
             curves[row["method"]] = (probs, full)
     plot = plot_probability_distributions(curves, out / "probabilities")[0]

@@ -10,6 +10,7 @@ from mlpl import steps
 from mlpl.app import app
 from mlpl.progress import progress_bar
 from mlpl.schemas.errors import InputError
+from mlpl.stages.runtime import workers_option
 
 
 @app.command()
@@ -32,7 +33,8 @@ def train(
     image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
     pseudo: Annotated[str | None, typer.Option(help="Pseudo-labeller: damp, vlpl, random, none.")] = None,
     pseudo_mode: Annotated[str | None, typer.Option(help="dynamic, fixed or accumulated.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    workers: Annotated[str | None, typer.Option(
+        help="DataLoader workers: a count, or 'auto' (this process's cores minus one).")] = None,
     seed: Annotated[int, typer.Option(help="Run seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda.")] = None,
     max_batches: Annotated[int | None, typer.Option(help="Stop each epoch after N batches (smoke runs).")] = None,
@@ -52,8 +54,8 @@ def train(
         "pseudo_store": str(pseudo_store.resolve()) if pseudo_store else None, "regime": regime, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "head_lr_mult": head_lr_mult, "backbone": backbone, "head": head,
         "backbone_weights": str(backbone_weights) if backbone_weights else None, "pretrained": pretrained,
-        "image_size": image_size, "pseudo": pseudo, "pseudo_mode": pseudo_mode, "workers": workers, "seed": seed,
-        "device": device, "max_batches": max_batches,
+        "image_size": image_size, "pseudo": pseudo, "pseudo_mode": pseudo_mode, "seed": seed,
+        "workers": workers_option(workers), "device": device, "max_batches": max_batches,
     }
     cfg = resolve_train_cfg(method, str(ds_dir.resolve()), meta.name, str(out), preset, overrides, meta.family)
     online = None

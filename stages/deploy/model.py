@@ -38,12 +38,9 @@ class ProbabilityModel(nn.Module):
 
 def load_pixels(data: bytes, size: int, interpolation: str = "bilinear") -> torch.Tensor:
     """Encoded image bytes → uint8 [3, size, size], decoded and resized as training and evaluation do."""
-    from mlpl.schemas.images import decode_rgb
-    from PIL import Image
+    from mlpl.stages.pixels import decode_uint8, resize_uint8
 
-    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
-    image = decode_rgb(data).resize((size, size), resample)
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return resize_uint8(decode_uint8(data), size, interpolation).contiguous()
 
 
 def _meta_from_config(run: Path, dataset: Path | None) -> ModelMeta:

@@ -256,9 +256,11 @@ def _run_tasks(
     by_index = {t.index: t for t in tasks}
     total = sum(t.num_rows for t in tasks)
     text = text_emb.to(teacher.device)
+    prefetch = 4
+    stream = ViewStream(tasks, views, cfg.batch_size, cfg.workers, slots=prefetch + 2)
     loader = torch.utils.data.DataLoader(
-        ViewStream(tasks, views, cfg.batch_size), batch_size=None, num_workers=cfg.workers,
-        prefetch_factor=4 if cfg.workers else None, pin_memory=teacher.device.type == "cuda",
+        stream, batch_size=None, num_workers=cfg.workers,
+        prefetch_factor=prefetch if cfg.workers else None, pin_memory=teacher.device.type == "cuda",
     )
     sims_buf: dict[int, np.ndarray] = {}
     emb_buf: dict[int, np.ndarray] = {}
@@ -268,8 +270,9 @@ def _run_tasks(
     # one writer thread: compressing and writing a chunk (then its done mark) overlaps the next forward
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
         pending: list[Future] = []
-        for task_index, rows, batch, ok, last in loader:
+        for task_index, rows, batch, ok, last, slot in loader:
             images += _teach_batch(task_index, rows, batch, ok, by_index, sims_buf, emb_buf, views, teacher, text, cfg)
+            stream.release(int(slot))
             if last:
                 task = by_index[int(task_index)]
                 for done in [f for f in pending if f.done()]:

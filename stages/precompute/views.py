@@ -5,8 +5,9 @@ rerun, another worker count or another rank count gives the same views. The draw
 order whatever the switches are (tile overlaps, then one flip per view, then the weak augmentation),
 so turning flips off, or r_max to 0, changes nothing else.
 
-Views are made in DataLoader workers as uint8 arrays (cheap to pass between processes) and
-normalised in the main process on the whole batch at once (`normalize_views`).
+Views are cut in DataLoader workers from the once-decoded image with torch's uint8 kernels
+(`mlpl.stages.pixels`), passed between processes as uint8, and normalised on the teacher's device on the
+whole batch at once (`normalize_views`). The resampling implementation is recorded with the views.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
+from mlpl.stages.pixels import RESIZE_IMPL, crop_resize_uint8, normalize_uint8
 from mlpl.stages.runtime import NORMALIZATIONS
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -67,10 +69,12 @@ class ViewCfg:
         return 1 + self.grid * self.grid
 
     def to_dict(self) -> dict[str, Any]:
+        """The recorded view attributes; `resize` names the resampling implementation."""
         d = asdict(self)
         d["overlap"] = float(self.overlap)
         d["order"] = "global, then tiles row-major"
         d["weak_aug_p"] = WEAK_AUG_P if self.weak_aug else 0.0
+        d["resize"] = RESIZE_IMPL
         return d
 
 
@@ -159,45 +163,42 @@ def _weak_augment(view: Any, draws: np.ndarray) -> Any:
     return view
 
 
-def make_views(image: Any, seed: int, row: int, cfg: ViewCfg, out: np.ndarray | None = None) -> np.ndarray:
-    """All views of one image for one augment seed.
+def make_views(image: torch.Tensor, seed: int, row: int, cfg: ViewCfg, out: torch.Tensor | None = None) -> torch.Tensor:
+    """All views of one image for one augment seed, cut from the once-decoded image with torch's uint8 kernels.
 
     Args:
-        image: a PIL image (converted to RGB here by the rule of schemas/images.py).
+        image: uint8 [3, H, W] RGB (`mlpl.stages.pixels.decode_uint8`).
         seed: the augment seed e.
         row: the image's dataset row.
         cfg: view settings.
-        out: where to write them (uint8 [V, S, S, 3]); None: a new array.
+        out: where to write them (uint8 [V, S, S, 3]); None: a new tensor.
 
     Returns:
-        uint8 [V, S, S, 3]: global view first, then tiles row-major; each cropped (sub-pixel),
-        resized to S×S, optionally weakly augmented, then optionally flipped.
+        uint8 [V, S, S, 3]: global view first, then tiles row-major; each cropped (sub-pixel boxes sampled
+        where PIL's `resize(box=...)` samples them), resized to S×S, optionally weakly augmented, then
+        optionally flipped.
     """
-    from mlpl.schemas.images import to_rgb
+    params = draw_view_params(seed, row, cfg)
+    height, width = float(image.shape[1]), float(image.shape[2])
+    boxes = [[0.0, 0.0, width, height]] + _tile_boxes(width, height, cfg.grid, params.overlaps.tolist())
+    side = cfg.image_size
+    if out is None:
+        out = torch.empty((cfg.num_views, side, side, 3), dtype=torch.uint8)
+    for v, box in enumerate(boxes):
+        view = crop_resize_uint8(image, tuple(box), side, cfg.interpolation)
+        if params.aug is not None and params.aug[v, :4].any():
+            view = _weak_augment_uint8(view, params.aug[v])
+        if params.flips[v]:
+            view = view.flip(-1)
+        out[v].copy_(view.permute(1, 2, 0))
+    return out
+
+
+def _weak_augment_uint8(view: torch.Tensor, draws: np.ndarray) -> torch.Tensor:
     from PIL import Image
 
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[cfg.interpolation]
-    if image.mode != "RGB":
-        image = to_rgb(image)
-    params = draw_view_params(seed, row, cfg)
-    width, height = float(image.width), float(image.height)
-    boxes = [[0.0, 0.0, width, height]] + _tile_boxes(width, height, cfg.grid, params.overlaps.tolist())
-    side, n_views = cfg.image_size, cfg.num_views
-    # views are pasted into one tall image and converted to numpy once (a conversion per view costs more
-    # than the resize itself at small sizes)
-    strip = Image.new("RGB", (side, side * n_views))
-    for v, box in enumerate(boxes):
-        view = image.resize((side, side), resample, box=tuple(box))
-        if params.aug is not None:
-            view = _weak_augment(view, params.aug[v])
-        if params.flips[v]:
-            view = view.transpose(Image.FLIP_LEFT_RIGHT)
-        strip.paste(view, (0, v * side))
-    views = np.asarray(strip).reshape(n_views, side, side, 3)
-    if out is None:
-        return views.copy()
-    out[...] = views
-    return out
+    augmented = _weak_augment(Image.fromarray(view.permute(1, 2, 0).numpy()), draws)
+    return torch.from_numpy(np.asarray(augmented).copy()).permute(2, 0, 1)
 
 
 def normalize_views(views: torch.Tensor, normalize: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -209,7 +210,4 @@ def normalize_views(views: torch.Tensor, normalize: str, dtype: torch.dtype = to
         dtype: output dtype.
     """
     mean, std = NORMALIZATIONS[normalize]
-    x = views.reshape(-1, *views.shape[-3:]).permute(0, 3, 1, 2).to(dtype).div_(255.0)
-    m = torch.tensor(mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(m).div_(s)
+    return normalize_uint8(views.reshape(-1, *views.shape[-3:]).permute(0, 3, 1, 2), mean, std, dtype)

@@ -39,7 +39,7 @@ class TrainCfg:
     image_size: int = 448
     threshold: float = 0.5
     early_stop: str = "none"  # gr | em | ll | none (docs/methods.md §1.6)
-    workers: int = 2
+    workers: int | str = "auto"  # DataLoader workers; 'auto': this process's cores minus one
     seed: int = 0
     device: str = "auto"
     max_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,10 @@ from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
 from mlpl.stages.runtime import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    cores_per_process,
     init_distributed,
     pick_device,
+    resolve_workers,
     seed_everything,
     world_from_env,
 )
@@ -36,7 +37,7 @@ from mlpl.stages.train.optim import get_optimizer_info
 from mlpl.stages.train.parts import build_parts
 from mlpl.stages.train.predict import predict, split_metrics
 from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg
-from mlpl.stages.train.stream import StreamCfg, train_loader
+from mlpl.stages.train.stream import StreamCfg, model_input, train_loader
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,10 @@ class Trainer:
         # launched by torchrun: one process per GPU (nccl), or per CPU slot (gloo)
         init_distributed(cuda=self.device.type == "cuda")
         self.amp = self.device.type == "cuda"
+        self.workers = resolve_workers(cfg.workers)
         if self.device.type == "cpu":
             # leave the DataLoader workers their cores: oversubscribed intra-op threads slow CPU training ~5×
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
+            torch.set_num_threads(max(1, cores_per_process() - self.workers))
         self.ds = open_dataset(Path(cfg.dataset))
         start, stop = self.ds.meta.split_range("train")
         self.train_start, self.n_train = start, stop - start
@@ -105,7 +107,8 @@ class Trainer:
         ), self.state_cfg)
         self.accumulated = AccumulatedPseudoLabels(self.n_train, self.ds.meta.num_classes)
         self.quality = PseudoLabelQuality(self.n_train, self.ds.meta.num_classes)
-        self.stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers)
+        self.stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=self.workers,
+                                pin_memory=self.device.type == "cuda")
 
     def _observed(self) -> np.ndarray:
         obs = self.ds.observations(self.cfg.regime)
@@ -192,7 +195,8 @@ class Trainer:
             rows = batch["row"] - self.train_start
             observed = self.labels.observed_for(rows, batch["observed"].long())
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                head_out: HeadOutput = model(batch["image"].to(self.device, non_blocking=True), train_outputs=True)
+                images = model_input(batch, self.device, self.stream.mean, self.stream.std)
+                head_out: HeadOutput = model(images, train_outputs=True)
             logits = head_out.logits
             pseudo = self._pseudo(batch, observed, gen, epoch, logits, state)
             if pseudo is not None and not self.unknown_train:

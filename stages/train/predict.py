@@ -12,9 +12,10 @@ from mlpl.schemas import run as run_schema
 from mlpl.schemas.dataset import PreparedDataset, open_dataset
 from mlpl.schemas.errors import InputError
 from mlpl.stages.evaluate.metrics import evaluate_scores
+from mlpl.stages.runtime import resolve_workers
 from mlpl.stages.train.config import TrainCfg
 from mlpl.stages.train.models import Classifier, create_classifier
-from mlpl.stages.train.stream import StreamCfg, eval_loader
+from mlpl.stages.train.stream import StreamCfg, eval_loader, model_input
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def predict(model: Classifier, ds: PreparedDataset, split: str, stream: StreamCf
     rows, probs, full = [], [], []
     for batch in eval_loader(ds, split, stream):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch["image"].to(device, non_blocking=True))
+            logits = model(model_input(batch, device, stream.mean, stream.std))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         rows.append(batch["row"].numpy())
         full.append(batch["full"].numpy())
@@ -89,7 +90,7 @@ def evaluate_run(run: Path, split: str, threshold: float | None = None,
     cfg, model, ds = load_run_model(run, dataset)
     if not ds.meta.splits.get(split):
         raise InputError(f"--split: dataset {ds.meta.name!r} has no {split} rows")
-    stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers)
+    stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=resolve_workers(cfg.workers))
     _, probs, full = predict(model, ds, split, stream, torch.device("cpu"))
     t = cfg.threshold if threshold is None else threshold
     return {"run": str(run), "split": split, "threshold": t, "method": cfg.method,
@@ -105,6 +106,6 @@ def test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
     cfg, model, ds = load_run_model(Path(run))
     if not ds.meta.splits.get("test"):
         return None
-    stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=cfg.workers)
+    stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=resolve_workers(cfg.workers))
     _, probs, full = predict(model, ds, "test", stream, torch.device("cpu"))
     return probs, full

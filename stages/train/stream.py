@@ -8,6 +8,13 @@ triggers its own store read. Every pipeline step is a module-level picklable cal
 Epochs are exact: each training row is seen once per epoch. Under torchrun, rows are dealt to ranks by
 a seeded per-epoch permutation (reading every shard on every rank, decoding only owned rows), and each
 rank yields the same number of samples (short ranks repeat their first sample), hence equal batches.
+Inside a rank, DataLoader worker w of W reads the w-th of W equal contiguous row ranges of the split (from
+the shards that hold it, stopping at its end), so every worker asked for works whatever the shard count.
+
+Workers ship uint8 [B, 3, H, W] batches (decoded with libjpeg-turbo, resized with torch's uint8 kernels,
+`mlpl.stages.pixels`) with each row's flip coin; `model_input` flips, converts and normalises them with the
+backbone's mean/std on the training device (pinned batches when it is a GPU): a float image costs four
+times the bytes and, on the CPU, more time than decoding it.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 import torch
 from mlpl.schemas.dataset import PreparedDataset
 from mlpl.schemas.errors import InputError
+from mlpl.stages.pixels import decode_uint8, normalize_uint8, resize_uint8
 from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -38,11 +46,11 @@ class StreamCfg:
     workers: int = 2
     shuffle_buffer: int = 1000
     flip: bool = True
-
-
-def every_shard(src: Iterator[Any]) -> Iterator[Any]:
-    """Node splitter that keeps all shards (ranks are split per sample, see module docstring)."""
-    yield from src
+    interpolation: str = "bilinear"
+    # the model's input statistics, applied on the device by `model_input` (the backbone's)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    pin_memory: bool = False  # page-locked batches, for an asynchronous copy to a GPU
 
 
 class JoinRows:
@@ -107,34 +115,36 @@ class OwnedByRank:
 
 
 class DecodeImage:
-    """Decode, resize (plain, no aspect preservation), flip with a per-row seeded coin, normalise."""
+    """Decode and resize (plain, no aspect preservation) to uint8 [3, S, S]; draw the flip with a per-row coin."""
 
-    def __init__(self, image_size: int, flip: bool, seed: int) -> None:
-        self.image_size, self.flip, self.seed = image_size, flip, seed
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    def __init__(self, image_size: int, flip: bool, seed: int, interpolation: str = "bilinear") -> None:
+        self.image_size, self.flip, self.seed, self.interpolation = image_size, flip, seed, interpolation
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        from mlpl.schemas.images import DECODE_ERRORS, decode_rgb
-        from PIL import Image
+        from mlpl.schemas.images import DECODE_ERRORS
 
         for sample in src:
             try:
-                im = decode_rgb(sample.pop("bytes")).resize((self.image_size, self.image_size), Image.BILINEAR)
-                arr = np.array(im, dtype=np.uint8)
+                image = decode_uint8(sample.pop("bytes"))
             except DECODE_ERRORS as e:  # a corrupt image is skipped and counted, never fatal
                 log.warning("row %d: image could not be decoded (%s); skipped", sample["row"], e)
                 continue
-            if self.flip and np.random.default_rng([self.seed, sample["row"]]).random() < 0.5:
-                arr = arr[:, ::-1]
-            img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255.0)
-            sample["image"] = (img - self.mean) / self.std
+            sample["image"] = resize_uint8(image, self.image_size, self.interpolation)
+            sample["flip"] = self.flip and bool(np.random.default_rng([self.seed, sample["row"]]).random() < 0.5)
             yield sample
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """One batch; images uint8 [B, 3, S, S] (channels-last), made in shared memory inside a worker."""
+    first = samples[0]["image"]
+    images = torch.empty((len(samples), first.shape[1], first.shape[2], first.shape[0]), dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        images.share_memory_()  # handing the batch to the main process then copies nothing
+    for i, sample in enumerate(samples):
+        images[i].copy_(sample["image"].permute(1, 2, 0))
     out = {
-        "image": torch.stack([s["image"] for s in samples]),
+        "image": images.permute(0, 3, 1, 2),
+        "flip": torch.tensor([s["flip"] for s in samples], dtype=torch.bool),
         "row": torch.tensor([s["row"] for s in samples], dtype=torch.long),
         "full": torch.from_numpy(np.stack([s["full"] for s in samples])),
     }
@@ -145,19 +155,75 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def model_input(batch: dict[str, torch.Tensor], device: torch.device, mean: tuple[float, ...],
+                std: tuple[float, ...]) -> torch.Tensor:
+    """A batch's uint8 images as the model's float input on `device`: flipped where the row's coin said so,
+    scaled to [0, 1] and normalised with the backbone's mean/std (docs/methods.md §1.5)."""
+    images = batch["image"].to(device, non_blocking=True)
+    flips = batch["flip"].to(device, non_blocking=True)
+    images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images) if bool(batch["flip"].any()) else images
+    return normalize_uint8(images, mean, std)
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """A shard of the split and the rows it holds, in order."""
+
+    url: str
+    first_row: int
+    num_rows: int
+
+
+class WorkerRows(torch.utils.data.IterableDataset):
+    """The source of the pipeline: the samples of this worker's contiguous range of the split's rows.
+
+    Worker w of W takes rows [start + n·w/W, start + n·(w+1)/W) (rounded down): every worker has work
+    whatever the shard count, the ranges partition the split (exact epochs), and a worker reads only the
+    shards its range touches, up to its last row (shards hold rows in order).
+    """
+
+    def __init__(self, shards: list[ShardRows]) -> None:
+        super().__init__()
+        self.shards = shards
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        start = self.shards[0].first_row if self.shards else 0
+        n = sum(s.num_rows for s in self.shards)
+        lo, hi = start + n * worker // workers, start + n * (worker + 1) // workers
+        for shard in self.shards:
+            if shard.first_row + shard.num_rows <= lo or shard.first_row >= hi:
+                continue
+            for sample in wds.tarfile_samples([{"url": shard.url}]):
+                if "row" not in sample:
+                    log.warning("shard %s: sample %s has no row member; skipped", shard.url, sample.get("__key__"))
+                    continue
+                sample = _decode_raw(sample)
+                row = sample["row"]
+                if row >= hi:
+                    break
+                if row >= lo:
+                    yield sample
+
+
 def _make_pipeline(
-    urls: list[str], join: JoinRows, owned: OwnedByRank, decode: DecodeImage, shuffle: int, seed: int
+    shards: list[ShardRows], join: JoinRows, owned: OwnedByRank, decode: DecodeImage, shuffle: int, seed: int
 ):
     import webdataset as wds
 
-    ds = wds.WebDataset(
-        urls, shardshuffle=False, nodesplitter=every_shard, workersplitter=wds.split_by_worker, empty_check=False
-    )
-    ds = ds.map(_decode_raw).compose(join).compose(owned)
+    stages: list[Any] = [WorkerRows(shards), join, owned]
     if shuffle > 1:
         # seeded per epoch and worker-independent: the buffer's order is a function of the seed
-        ds = ds.shuffle(shuffle, rng=random.Random(seed))
-    return ds.compose(decode)
+        stages.append(wds.shuffle(shuffle, rng=random.Random(seed)))
+    return wds.DataPipeline(*stages, decode)
+
+
+def _shards(ds: PreparedDataset, split: str) -> list[ShardRows]:
+    root = ds.root / "shards"
+    return [ShardRows(str(root / s.name), s.first_row, s.num_samples) for s in ds.shards_of(split)]
 
 
 def _decode_raw(sample: dict[str, Any]) -> dict[str, Any]:
@@ -172,19 +238,22 @@ class EpochLoader:
     its first sample (at most one), so every rank takes the same number of steps.
     """
 
-    def __init__(self, pipeline: Any, workers: int, batch_size: int, num_samples: int, drop_last: bool) -> None:
+    def __init__(self, pipeline: Any, workers: int, batch_size: int, num_samples: int, drop_last: bool,
+                 pin_memory: bool = False) -> None:
         self.pipeline, self.workers, self.batch_size = pipeline, workers, batch_size
-        self.num_samples, self.drop_last = num_samples, drop_last
+        self.num_samples, self.drop_last, self.pin_memory = num_samples, drop_last, pin_memory
 
     def __len__(self) -> int:
         n = self.num_samples / self.batch_size
         return int(n) if self.drop_last else math.ceil(n)
 
     def _parts(self) -> Iterator[dict[str, torch.Tensor]]:
-        batches = self.pipeline.batched(self.batch_size, collation_fn=collate, partial=True)
+        import webdataset as wds
+
+        batches = self.pipeline.compose(wds.batched(self.batch_size, collation_fn=collate, partial=True))
         loader = torch.utils.data.DataLoader(
             batches, batch_size=None, num_workers=self.workers, persistent_workers=False,
-            prefetch_factor=4 if self.workers else None,
+            prefetch_factor=4 if self.workers else None, pin_memory=self.pin_memory,
         )
         count, first = 0, None
         for part in loader:
@@ -249,10 +318,10 @@ def train_loader(
         num = math.ceil(n / world)
     join = JoinRows(full, observed, start, str(store_path) if store_path else None, store_seed_index,
                     rows_per_chunk or ds.meta.rows_per_shard)
-    decode = DecodeImage(cfg.image_size, cfg.flip, epoch_seed)
-    urls = [str(p) for p in ds.shard_paths("train")]
-    pipe = _make_pipeline(urls, join, OwnedByRank(owner, rank, start), decode, cfg.shuffle_buffer, epoch_seed)
-    return EpochLoader(pipe, min(cfg.workers, len(urls)), cfg.batch_size, num, drop_last=False)
+    decode = DecodeImage(cfg.image_size, cfg.flip, epoch_seed, cfg.interpolation)
+    pipe = _make_pipeline(_shards(ds, "train"), join, OwnedByRank(owner, rank, start), decode, cfg.shuffle_buffer,
+                          epoch_seed)
+    return EpochLoader(pipe, cfg.workers, cfg.batch_size, num, drop_last=False, pin_memory=cfg.pin_memory)
 
 
 def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg) -> EpochLoader:
@@ -260,8 +329,7 @@ def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg) -> EpochLoader:
     start, stop = ds.meta.split_range(split)
     full = ds.labels.matrix(np.arange(start, stop))
     join = JoinRows(full, None, start, None, 0, ds.meta.rows_per_shard)
-    decode = DecodeImage(cfg.image_size, False, 0)
-    urls = [str(p) for p in ds.shard_paths(split)]
-    pipe = _make_pipeline(urls, join, OwnedByRank(None, 0, start), decode, 0, 0)
-    # one worker keeps row order; evaluation reorders by row anyway
-    return EpochLoader(pipe, min(cfg.workers, len(urls)), cfg.batch_size, stop - start, drop_last=False)
+    decode = DecodeImage(cfg.image_size, False, 0, cfg.interpolation)
+    pipe = _make_pipeline(_shards(ds, split), join, OwnedByRank(None, 0, start), decode, 0, 0)
+    # several workers interleave their row ranges; evaluation reorders by row
+    return EpochLoader(pipe, cfg.workers, cfg.batch_size, stop - start, drop_last=False, pin_memory=cfg.pin_memory)
