@@ -141,11 +141,11 @@ class LoadedRun:
         if isinstance(image, Image.Image):
             from mlpl.schemas.images import to_rgb
 
-            resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interp]
-            arr = np.asarray(to_rgb(image).resize((size, size), resample), dtype=np.uint8)
-            return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+            return self._pixels(np.array(to_rgb(image), dtype=np.uint8))
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-            return self._pixels(Image.fromarray(image, mode="RGB"))
+            from mlpl.stages.pixels import resize_uint8
+
+            return resize_uint8(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), size, interp)
         raise InputError(f"images: {type(image).__name__} is not an image; expected a path, encoded bytes, a PIL "
                          "image or a uint8 array [H, W, 3]")
 
