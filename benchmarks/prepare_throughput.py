@@ -131,13 +131,14 @@ def render(timings: dict[str, list[float]], n_files: int, total_mb: float, round
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the "Prepare throughput" section of a results file, leaving the others as they are."""
+    """Replace (or append) the section titled by `section`'s first line in a results file, leaving the others."""
+    title = section.splitlines()[0]
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION + "\n")
+    start = text.find(title + "\n")
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(title))
         text = text[:start] + section + ("" if end < 0 else text[end:])
     path.write_text(text)
 

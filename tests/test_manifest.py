@@ -232,3 +232,19 @@ def test_bad_options_and_columns(tmp_path, images, capsys):
     assert prepare(tmp_path, tmp_path / "m.txt", images, out="x") == 2
     assert "a manifest must end in one of" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_training_without_a_val_split_keeps_the_last_epoch_and_says_so(tmp_path, images, capsys):
+    from mlpl.schemas import run as run_schema
+
+    rows = [r for r in ROWS if r[1] == "train"] + [("extra.jpg", "test", ["cat"], None, None)]
+    assert prepare(tmp_path, write_manifest(tmp_path / "m.csv", rows), images, "--family", "coco") == 0
+    run = tmp_path / "run"
+    assert run_cli(["train", "--dataset", tmp_path / "ds", "--method", "an", "--regime", "given", "--out", run,
+                    "--epochs", "2", "--batch-size", "2", "--image-size", "16", "--backbone", "small-cnn",
+                    "--no-pretrained", "--workers", "0"]) == 0
+    summary = run_schema.read_summary(run)
+    assert summary.val is None and summary.test is not None and summary.best_epoch == 2
+    assert any("no val split" in note and "the last epoch is kept" in note for note in summary.notes)
+    assert "no val split" in capsys.readouterr().out
+    assert [r["split"] for r in run_schema.read_metrics(run)] == ["train", "train", "test"]

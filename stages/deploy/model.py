@@ -38,9 +38,16 @@ class ProbabilityModel(nn.Module):
 
 def load_pixels(data: bytes, size: int, interpolation: str = "bilinear") -> torch.Tensor:
     """Encoded image bytes → uint8 [3, size, size], decoded and resized as training and evaluation do."""
-    from mlpl.stages.pixels import decode_uint8, resize_uint8
+    from mlpl.stages.pixels import decode_uint8
 
-    return resize_uint8(decode_uint8(data), size, interpolation).contiguous()
+    return resize_pixels(decode_uint8(data), size, interpolation)
+
+
+def resize_pixels(image: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """uint8 [3, H, W] → uint8 [3, size, size], resized as training and evaluation do."""
+    from mlpl.stages.pixels import resize_uint8
+
+    return resize_uint8(image, size, interpolation).contiguous()
 
 
 def _meta_from_config(run: Path, dataset: Path | None) -> ModelMeta:
@@ -143,9 +150,7 @@ class LoadedRun:
 
             return self._pixels(np.array(to_rgb(image), dtype=np.uint8))
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-            from mlpl.stages.pixels import resize_uint8
-
-            return resize_uint8(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), size, interp)
+            return resize_pixels(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), size, interp)
         raise InputError(f"images: {type(image).__name__} is not an image; expected a path, encoded bytes, a PIL "
                          "image or a uint8 array [H, W, 3]")
 
