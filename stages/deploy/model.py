@@ -23,17 +23,17 @@ log = logging.getLogger(__name__)
 
 
 class ProbabilityModel(nn.Module):
-    """uint8 images [B, 3, S, S] → probabilities [B, C]: scale to [0, 1], normalise, classify, sigmoid."""
+    """uint8 images [B, 3, S, S] → probabilities [B, C]: normalise (as training does), classify, sigmoid."""
 
     def __init__(self, classifier: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.classifier = classifier
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.float() / 255.0 - self.mean) / self.std
-        return torch.sigmoid(self.classifier(x).float())
+        from mlpl.stages.pixels import normalize_uint8
+
+        return torch.sigmoid(self.classifier(normalize_uint8(images, self.mean, self.std)).float())
 
 
 def load_pixels(data: bytes, size: int, interpolation: str = "bilinear") -> torch.Tensor:

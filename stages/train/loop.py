@@ -19,8 +19,6 @@ from mlpl.schemas.store import Store, check_matches_dataset, open_store
 from mlpl.stages.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
 from mlpl.stages.runtime import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     cores_per_process,
     init_distributed,
     pick_device,
@@ -153,8 +151,9 @@ class Trainer:
         """What the best weights need to be used on new images (class names, preprocessing, backbone, threshold)."""
         cfg, meta = self.cfg, self.ds.meta
         return run_schema.ModelMeta(
-            classes=meta.classes, image_size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-            interpolation="bilinear", backbone=cfg.backbone, head=cfg.head, head_params=dict(cfg.head_params),
+            classes=meta.classes, image_size=self.stream.image_size, mean=tuple(self.stream.mean),
+            std=tuple(self.stream.std), interpolation=self.stream.interpolation, backbone=cfg.backbone,
+            head=cfg.head, head_params=dict(cfg.head_params),
             family=cfg.family, threshold=cfg.threshold, method=cfg.method, dataset=meta.name,
             dataset_fingerprint=meta.fingerprint,
         )
