@@ -51,6 +51,16 @@ def _merge(base: dict[str, Any], layer: dict[str, Any], where: str) -> dict[str,
     return out
 
 
+DEFAULT_METHOD = "aevlp"
+"""The method `mlpl train` uses without --method."""
+
+
+def default_seeds(meta: Any) -> int:
+    """Augment seeds of a store when --seeds is not given: one per epoch of the default method on the dataset's
+    family (dynamic pseudo-labels), so that no epoch reads another epoch's views."""
+    return resolve_train_cfg(DEFAULT_METHOD, "-", meta.name, "-", family=getattr(meta, "family", "")).epochs
+
+
 def list_methods() -> list[str]:
     return sorted(p.name[:-5] for p in (resources.files("mlpl") / "presets").iterdir()
                   if p.name.endswith(".toml") and not p.name.startswith("_"))
@@ -149,6 +159,4 @@ def resolve_train_cfg(
         raise InputError(f"early_stop: {cfg.early_stop!r}; expected one of {sorted(EARLY_STOP_RULES)}")
     if cfg.pseudo_mode not in ("dynamic", "fixed", "accumulated"):
         raise InputError(f"--pseudo-mode: {cfg.pseudo_mode!r}; expected dynamic, fixed or accumulated")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise InputError("--epochs and --batch-size must be ≥ 1")
     return cfg

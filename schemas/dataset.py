@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import SPLITS, Observed
+from mlpl.schemas.tempdirs import make_temp_beside
 
 DATASET_SCHEMA = "mlpl.dataset"
 DATASET_SCHEMA_VERSION = 2
@@ -231,10 +231,21 @@ def read_labels(path: Path) -> LabelsTable:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: not found; expected labels.parquet of a prepared dataset")
-    t = pq.read_table(path)
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e}); expected labels.parquet of a prepared "
+                         "dataset") from None
     missing = [f.name for f in LABELS_SCHEMA if f.name not in t.schema.names]
     if missing:
         raise InputError(f"{path}: missing columns {missing}; expected {LABELS_SCHEMA.names}")
+    for f in LABELS_SCHEMA:
+        if t.schema.field(f.name).type != f.type:
+            try:
+                t = t.set_column(t.schema.get_field_index(f.name), f.name, t.column(f.name).cast(f.type))
+            except (pa.ArrowException, ValueError):
+                raise InputError(f"{path}: column {f.name!r} is {t.schema.field(f.name).type}; expected "
+                                 f"{f.type}") from None
     meta = t.schema.metadata or {}
     if b"mlpl.classes" not in meta:
         raise InputError(f"{path}: no class names in the schema metadata (key 'mlpl.classes')")
@@ -357,8 +368,12 @@ def read_shards_info(root: Path) -> list[ShardEntry]:
     path = Path(root) / SHARDS_DIR / SHARDS_INFO
     if not path.exists():
         raise InputError(f"{path}: not found; expected the shard index of a prepared dataset")
-    info = json.loads(path.read_text())
-    return [ShardEntry(**e) for e in info["shards"]]
+    try:
+        info = json.loads(path.read_text())
+        return [ShardEntry(**e) for e in info["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: malformed shard index ({e.__class__.__name__}: {e}); prepare the dataset "
+                         "again") from None
 
 
 @dataclass(frozen=True)
@@ -386,7 +401,31 @@ def open_dataset(root: Path) -> PreparedDataset:
         raise InputError(f"{root}: no such folder; expected a prepared dataset (run `mlpl prepare`)")
     meta = DatasetMeta.from_json(root / DATASET_JSON)
     labels = read_labels(root / LABELS_PARQUET)
+    check_labels_match_meta(root, meta, labels)
     return PreparedDataset(root, meta, labels, read_shards_info(root))
+
+
+def check_labels_match_meta(root: Path, meta: DatasetMeta, labels: LabelsTable) -> None:
+    """labels.parquet is the table dataset.json describes: split sizes, classes and fingerprint agree.
+
+    Every stage opens a dataset through this, so a table edited after `mlpl prepare` (or a dataset.json
+    edited by hand) is refused before any work, not trained on with another table's pseudo-labels.
+    """
+    counts = {name: int((labels.split == name).sum()) for name in SPLITS}
+    listed = {name: int(meta.splits.get(name, 0)) for name in SPLITS}
+    if counts != listed or sum(listed.values()) != len(labels):
+        raise InputError(f"{root / DATASET_JSON}: splits {meta.splits} do not match labels.parquet "
+                         f"({counts}, {len(labels)} rows); the dataset was edited after `mlpl prepare`; "
+                         "prepare it again")
+    if labels.classes != meta.classes:
+        renamed = [f"{a!r} → {b!r}" for a, b in zip(meta.classes, labels.classes) if a != b]
+        what = f"renamed {', '.join(renamed[:3])}" if renamed else f"{len(labels.classes)} vs {len(meta.classes)}"
+        raise InputError(f"{root / LABELS_PARQUET}: classes differ from dataset.json ({what}); prepare it again")
+    fingerprint = table_fingerprint(labels)
+    if fingerprint != meta.fingerprint:
+        raise InputError(f"{root / LABELS_PARQUET}: fingerprint {fingerprint} differs from {meta.fingerprint} in "
+                         "dataset.json; labels.parquet was edited after `mlpl prepare` (stores built for it no "
+                         "longer match); prepare the dataset again")
 
 
 def validate(root: Path) -> PreparedDataset:
@@ -396,8 +435,6 @@ def validate(root: Path) -> PreparedDataset:
     n = len(lab)
     if not np.array_equal(lab.row, np.arange(n)):
         raise InputError(f"{root / LABELS_PARQUET}: rows must be dense 0..N-1 in order")
-    if lab.classes != meta.classes:
-        raise InputError(f"{root}: classes in labels.parquet differ from dataset.json")
     for s in set(lab.split.tolist()) - set(SPLITS):
         raise InputError(f"{root / LABELS_PARQUET}: unknown split {s!r}; expected {list(SPLITS)}")
     for name in SPLITS:
@@ -415,9 +452,6 @@ def validate(root: Path) -> PreparedDataset:
         if not lab.all_known(np.arange(start, stop)):
             raise InputError(f"{root / LABELS_PARQUET}: {name} split: {lab.describe_unknown(np.arange(start, stop))}; "
                              "val and test rows need full labels")
-    fp = table_fingerprint(lab)
-    if fp != meta.fingerprint:
-        raise InputError(f"{root}: fingerprint {meta.fingerprint} in dataset.json, computed {fp}")
     covered = 0
     for idx, s in enumerate(ds.shards):
         path = root / SHARDS_DIR / s.name
@@ -431,6 +465,12 @@ def validate(root: Path) -> PreparedDataset:
         covered += s.num_samples
     if covered != n:
         raise InputError(f"{root / SHARDS_DIR / SHARDS_INFO}: shards cover {covered} rows, dataset has {n}")
+    from mlpl.schemas.shards import ShardCheck, scan_shard
+
+    for s in ds.shards:  # every member of every shard, against _info.json (headers only: no image is read)
+        path = str(root / SHARDS_DIR / s.name)
+        for _ in ShardCheck({path: (s.first_row, s.num_samples)})(scan_shard(path)):
+            pass
     train_rows = lab.rows_of("train")
     for regime in list_regimes(root):
         obs = read_observations(root, regime)
@@ -448,9 +488,7 @@ def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"{out}: already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    tmp = make_temp_beside(out)
     try:
         yield tmp
     except BaseException:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpl.schemas.errors import InputError
+from mlpl.schemas.errors import InputError, naming_path
 
 RUN_SCHEMA = "mlpl.run"
 RUN_SCHEMA_VERSION = 1
@@ -102,6 +103,7 @@ class RunSummary:
     epochs_run: int = 0
     pseudo_quality: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the run could not do as usual, and why
+    skipped_images: dict[str, int] = field(default_factory=dict)  # per split: images that did not decode
     schema: str = RUN_SCHEMA
     version: int = RUN_SCHEMA_VERSION
 
@@ -120,7 +122,8 @@ def read_model_meta(weights: Path) -> ModelMeta | None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    with naming_path(tmp):
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
@@ -167,15 +170,52 @@ def read_predictions(run_dir: Path, split: str) -> tuple[Any, Any] | None:
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """One line per epoch and split: {"epoch", "split", metric...}."""
-    with open(Path(run_dir) / METRICS_JSONL, "a") as f:
+    path = Path(run_dir) / METRICS_JSONL
+    with naming_path(path), open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _parse_metrics(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """(line number, record or None when the line is not a JSON object with an int epoch) of `path`."""
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            record = None
+        yield lineno, record
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_JSONL
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for lineno, record in _parse_metrics(path):
+        if record is None:
+            raise InputError(f"{path}:{lineno}: not a metrics record (a JSON object with an integer 'epoch'); "
+                             "the file was cut or edited")
+        records.append(record)
+    return records
+
+
+def keep_metrics_until(run_dir: Path, epoch: int) -> None:
+    """Rewrite metrics.jsonl with the train/val lines of epochs ≤ `epoch` only (atomically).
+
+    A resumed run starts after the last epoch its `last.pt` holds; lines a killed run appended after that
+    (a repeated epoch, a line cut by the kill, a test line) would otherwise be there twice.
+    """
+    path = Path(run_dir) / METRICS_JSONL
+    if not path.exists():
+        return
+    kept = [json.dumps(r, sort_keys=True) + "\n" for _, r in _parse_metrics(path)
+            if r is not None and r["epoch"] <= epoch and r.get("split") in ("train", "val")]
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def validate(run_dir: Path) -> RunSummary:
@@ -184,6 +224,7 @@ def validate(run_dir: Path) -> RunSummary:
         if not (run_dir / name).exists():
             raise InputError(f"{run_dir / name}: missing from the run folder")
     summary = read_summary(run_dir)
+    read_metrics(run_dir)  # every line a record
     for key in METRIC_KEYS if summary.val is not None else ():
         if not isinstance(getattr(summary.val, key), float | int):
             raise InputError(f"{run_dir / SUMMARY_JSON}: val.{key} is not a number")

@@ -5,10 +5,13 @@ V = 1 + g² views: global first, then tiles row-major), chunked by (1, rows_per_
 chunk is one dataset shard; `text_emb` float32 [C, D]; `done` uint8 [S, n_chunks] completion marks
 (one element per chunk, so ranks never write the same chunk); optional `img_emb` float16 [S, N, V, D].
 A row whose image could not be decoded holds NaN and is listed in the attribute `corrupt_rows`.
+`checksums` uint64 [S, n_chunks] holds a checksum per written chunk (stores written before it have none),
+so `validate` finds a chunk that was damaged or edited and clears its done mark for a rerun to redo it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +22,13 @@ from mlpl.schemas.errors import InputError
 
 STORE_SCHEMA = "mlpl.store"
 STORE_SCHEMA_VERSION = 1
+CHECKSUMS = "checksums"  # uint64 [S, n_chunks]: per chunk, the first 8 bytes of the sha256 of its float16 values
+
+
+def chunk_checksum(sims: np.ndarray) -> int:
+    """Checksum of one chunk of `sims` (float16 [rows, V, C]) as the store records it."""
+    data = np.ascontiguousarray(sims, dtype=np.float16).tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,11 @@ class Store:
         start, stop = self.chunk_rows(chunk)
         return np.asarray(self.sims[seed_index, start:stop])
 
+    def record_checksum(self, seed_index: int, chunk: int) -> None:
+        """Record the checksum of a written chunk (read back as stored), before it is marked done."""
+        if CHECKSUMS in self.group:
+            self.group[CHECKSUMS][seed_index, chunk] = np.uint64(chunk_checksum(self.read_chunk(seed_index, chunk)))
+
     def mark_corrupt(self, rows: list[int]) -> None:
         """Record rows whose image could not be decoded (kept sorted and unique)."""
         merged = sorted(set(self.corrupt_rows) | {int(r) for r in rows})
@@ -129,6 +144,7 @@ def create_store(path: Path, attrs: StoreAttrs, text_emb: np.ndarray) -> Store:
         "sims", shape=(S, N, V, C), chunks=(1, attrs.rows_per_chunk, V, C), dtype="float16", fill_value=np.nan
     )
     group.create_array("done", shape=(S, attrs.num_chunks), chunks=(1, 1), dtype="uint8", fill_value=0)
+    group.create_array(CHECKSUMS, shape=(S, attrs.num_chunks), chunks=(1, 1), dtype="uint64", fill_value=0)
     te = group.create_array("text_emb", shape=text_emb.shape, chunks=text_emb.shape, dtype="float32")
     te[...] = text_emb.astype(np.float32)
     if attrs.keep_embeddings:
@@ -149,8 +165,13 @@ def open_store(path: Path, mode: str = "r") -> Store:
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise InputError(f"{path}: not a pseudo-label store (no zarr.json); build one with `mlpl precompute-clip`")
-    group = zarr.open_group(str(path), mode=mode, zarr_format=3)
-    attrs = StoreAttrs.from_dict(dict(group.attrs.get("mlpl", {})), where=str(path))
+    try:
+        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        mlpl_attrs = dict(group.attrs.get("mlpl", {}))
+    except (ValueError, TypeError, KeyError, OSError) as e:  # zarr reports a broken zarr.json as any of these
+        raise InputError(f"{path / 'zarr.json'}: not a readable Zarr v3 group ({e.__class__.__name__}: {e}); "
+                         "rebuild the store with `mlpl precompute-clip`") from None
+    attrs = StoreAttrs.from_dict(mlpl_attrs, where=str(path))
     return Store(path, attrs, group, list(group.attrs.get("corrupt_rows", [])))
 
 
@@ -164,8 +185,9 @@ def check_matches_dataset(store: Store, fingerprint: str, classes: tuple[str, ..
             f"{a.dataset_fingerprint}, this dataset has {fingerprint}; {fix}"
         )
     if tuple(a.classes) != tuple(classes):
-        raise InputError(f"{store.path}: store classes ({len(a.classes)}) differ from the dataset's "
-                         f"({len(classes)}); {fix}")
+        changed = [f"{i}: store {x!r}, dataset {y!r}" for i, (x, y) in enumerate(zip(a.classes, classes)) if x != y]
+        what = f"class {'; class '.join(changed[:3])}" if changed else f"{len(a.classes)} vs {len(classes)} classes"
+        raise InputError(f"{store.path}: store classes differ from the dataset's ({what}); {fix}")
     if a.num_rows != num_train_rows:
         raise InputError(f"{store.path}: store has {a.num_rows} rows, the train split has {num_train_rows}; {fix}")
 
@@ -178,7 +200,43 @@ def validate(path: Path) -> Store:
         raise InputError(f"{path}: sims shape {tuple(store.sims.shape)}, attributes say {shape}")
     if tuple(store.done.shape) != (len(a.seeds), a.num_chunks):
         raise InputError(f"{path}: done shape {tuple(store.done.shape)}, expected {(len(a.seeds), a.num_chunks)}")
+    problems, nan_rows = check_chunks(store)
+    if problems:
+        listed = "; ".join(f"seed {s} chunk {k} (rows {store.chunk_rows(k)[0]}..{store.chunk_rows(k)[1] - 1}): "
+                           f"{why}" for s, k, why in problems[:3])
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise InputError(f"{path}: {len(problems)} chunk(s) damaged or changed since written ({listed}{more}); their "
+                         "done marks are cleared: rerun `mlpl precompute-clip` with the same options to redo them")
+    if nan_rows:
+        raise InputError(f"{path}: rows {nan_rows[:10]}{' ...' if len(nan_rows) > 10 else ''} hold NaN "
+                         "similarities but are not listed in corrupt_rows; the store was edited after it was written")
     return store
+
+
+def check_chunks(store: Store) -> tuple[list[tuple[int, int, str]], list[int]]:
+    """One read of every done chunk: (seed index, chunk, what is wrong) of each chunk that does not decode or
+    whose checksum differs from the recorded one (its done mark is cleared, the store reopened writable for
+    that), and the rows holding a NaN similarity that `corrupt_rows` does not list."""
+    done = store.done_matrix()
+    sums = np.asarray(store.group[CHECKSUMS][...]) if CHECKSUMS in store.group else None
+    listed = set(store.corrupt_rows)
+    problems: list[tuple[int, int, str]] = []
+    nan_rows: set[int] = set()
+    for s, k in zip(*np.nonzero(done)):
+        try:
+            sims = store.read_chunk(int(s), int(k))
+        except Exception as e:  # a codec's own error type (zstd, blosc) for bytes that do not decode
+            problems.append((int(s), int(k), f"does not decode ({e.__class__.__name__})"))
+            continue
+        if sums is not None and sums[s, k] and int(sums[s, k]) != chunk_checksum(sims):
+            problems.append((int(s), int(k), "checksum differs from the recorded one"))
+        start = store.chunk_rows(int(k))[0]
+        nan_rows |= {start + int(i) for i in np.flatnonzero(np.isnan(sims.astype(np.float32)).any(axis=(1, 2)))}
+    if problems:
+        writable = open_store(store.path, mode="r+")
+        for s, k, _ in problems:
+            writable.done[s, k] = 0
+    return problems, sorted(nan_rows - listed)
 
 
 def describe(store: Store) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.dataset import open_dataset
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.state import load_state
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
 from mlpl.stages.train.losses import EpochState
 
@@ -214,7 +215,7 @@ def test_em_apl_trains_on_soft_negatives_end_to_end(digits_methods, tmp_path) ->
     assert train[2]["state_soft_negatives_added"] == 0  # the last epoch selects nothing
     assert train[2]["state_soft_negatives"] == quota
     assert math.isfinite(train[2]["loss"])
-    saved = torch.load(out / run_schema.LAST_STATE, map_location="cpu", weights_only=False)["label_state"]
+    saved = load_state(out / run_schema.LAST_STATE)["label_state"]
     assert int(saved["soft_negative"].sum()) == quota
     assert run_cli(args) == 0
 
@@ -235,5 +236,5 @@ def test_torchrun_two_ranks_share_one_selection(digits_methods, tmp_path) -> Non
     train = {r["epoch"]: r for r in run_schema.read_metrics(out) if r["split"] == "train"}
     assert train[1]["state_soft_negatives_added"] > 0
     assert train[2]["state_soft_negatives"] == train[1]["state_soft_negatives"]
-    saved = torch.load(out / run_schema.LAST_STATE, map_location="cpu", weights_only=False)["label_state"]
+    saved = load_state(out / run_schema.LAST_STATE)["label_state"]
     assert int(saved["soft_negative"].sum()) == train[1]["state_soft_negatives"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ from tests.conftest import run_cli
 from tests.prepare_fixtures import shard_bytes, tiny_image
 from tests.test_prepare_coco import write_coco
 
+LOG_LINE = re.compile(r"(DEBUG|INFO|WARNING) [\w.]+: ")
+
 
 def run_mlpl(args: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `mlpl ARGS` run in-process; an uncaught exception fails the test."""
@@ -33,7 +37,8 @@ def run_mlpl(args: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 
 
 def first_message_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    """The first line of the message (log records, which a subprocess's stderr also carries, left out)."""
+    lines = [line for line in err.splitlines() if line.strip() and not LOG_LINE.match(line)]
     assert lines, "no message on stderr"
     return lines[0]
 
@@ -205,7 +210,7 @@ def test_exif_rule_is_the_same_in_both_stages_and_recorded(coco, tmp_path):
     """EXIF orientation is ignored (pixels as stored) by prepare's check, stage one's views and stage two's
     images alike; prepare counts the images that are not upright in dataset.json."""
     from mlpl.schemas.images import decode_rgb
-    from mlpl.stages.precompute.run import _decode
+    from mlpl.stages.pixels import decode_uint8
     from mlpl.stages.precompute.views import ViewCfg, make_views
     from mlpl.stages.train.stream import DecodeImage
 
@@ -214,9 +219,9 @@ def test_exif_rule_is_the_same_in_both_stages_and_recorded(coco, tmp_path):
     assert stored.shape == (16, 32, 3) and stored[:, :8].mean() < 30 < 200 < stored[:, 24:].mean()
     cfg = ViewCfg(grid=1, overlap=0.0, flip=False, normalize="clip", image_size=32, interpolation="bilinear",
                   weak_aug=False)
-    teacher_view = make_views(_decode(data), 0, 0, cfg)[0]
+    teacher_view = make_views(decode_uint8(data), 0, 0, cfg)[0]
     train_image = next(DecodeImage(32, False, 0)(iter([{"row": 0, "bytes": data}])))["image"]
-    for pixels in (teacher_view.astype(np.float32), train_image.permute(1, 2, 0).numpy()):
+    for pixels in (teacher_view.float().numpy(), train_image.permute(1, 2, 0).float().numpy()):
         assert pixels[:, :12].mean() < pixels[:, 20:].mean()  # dark left, bright right: not rotated
     victim = next((coco / "train2014").glob("*000000000100.jpg"))
     victim.write_bytes(data)
@@ -227,3 +232,463 @@ def test_exif_rule_is_the_same_in_both_stages_and_recorded(coco, tmp_path):
     assert shard_bytes(out)["100"] == data  # original bytes, EXIF included
 
 
+# ----------------------------------------------------------------------------------------------------------
+# a prepared dataset damaged after `mlpl prepare`
+
+TRAIN = ["--method", "an", "--epochs", "1", "--batch-size", "32", "--image-size", "32", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def digits_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine small digits dataset: train 96 rows in 3 shards of 32, val 24, test 30; copy it to break it."""
+    out = tmp_path_factory.mktemp("digits") / "ds"
+    assert run_cli(["prepare", "--dataset", "digits", "--out", out, "--size", "120", "--test-size", "30",
+                    "--rows-per-shard", "32", "--regime", "full", "--regime", "spml"]) == 0
+    return out
+
+
+@pytest.fixture
+def digits(digits_src: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "ds"
+    shutil.copytree(digits_src, root)
+    return root
+
+
+def rewrite_shard(path: Path, fn: Callable[[list[tuple[tarfile.TarInfo, bytes]]], list]) -> None:
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for m, data in fn(members):
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def _delete_shard(root: Path) -> str:
+    (root / "shards" / "train-000001.tar").unlink()
+    return "train-000001.tar"
+
+
+def _cut_shard(root: Path) -> str:
+    path = root / "shards" / "train-000001.tar"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return "train-000001.tar"
+
+
+def _cut_shard_at_a_member(root: Path) -> str:
+    rewrite_shard(root / "shards" / "train-000001.tar", lambda members: members[: len(members) // 2])
+    return "train-000001.tar"
+
+
+def _dotdot_member(root: Path) -> str:
+    def rename(members: list) -> list:
+        members[0][0].name = "../" + members[0][0].name
+        members[1][0].name = "../" + members[1][0].name
+        return members
+
+    rewrite_shard(root / "shards" / "train-000001.tar", rename)
+    return "../000000032"
+
+
+def _edited_split_counts(root: Path) -> str:
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["splits"]["train"] += 5
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return "dataset.json"
+
+
+def _labels_of_wrong_type(root: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "labels.parquet")
+    index = table.schema.get_field_index("labels")
+    as_text = pa.array([",".join(map(str, v)) for v in table.column("labels").to_pylist()])
+    pq.write_table(table.set_column(index, "labels", as_text).replace_schema_metadata(table.schema.metadata),
+                   root / "labels.parquet")
+    return "column 'labels'"
+
+
+def _edited_labels(root: Path) -> str:
+    from mlpl.schemas.dataset import read_labels, write_labels
+
+    table = read_labels(root / "labels.parquet")
+    table.labels[3] = np.array([0, 1, 2], dtype=np.int16)
+    write_labels(root / "labels.parquet", table)
+    return "labels.parquet"
+
+
+def _renamed_class(root: Path) -> str:
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["classes"][7] = "sept"
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return "'sept'"
+
+
+def _broken_shard_index(root: Path) -> str:
+    (root / "shards" / "_info.json").write_text('{"shards": [')
+    return "_info.json"
+
+
+DAMAGED_DATASETS = {
+    "deleted shard": _delete_shard,
+    "half a shard cut off": _cut_shard,
+    "shard cut at a member boundary": _cut_shard_at_a_member,
+    "tar member named ../": _dotdot_member,
+    "split counts edited in dataset.json": _edited_split_counts,
+    "labels column of the wrong type": _labels_of_wrong_type,
+    "labels.parquet edited after prepare": _edited_labels,
+    "class renamed in dataset.json": _renamed_class,
+    "broken shards/_info.json": _broken_shard_index,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_DATASETS, ids=list(DAMAGED_DATASETS))
+def test_damaged_dataset_is_refused_by_validate(digits, capsys, damage):
+    names = DAMAGED_DATASETS[damage](digits)
+    assert_clean_error(run_mlpl(["validate", digits], capsys), 2, names)
+
+
+@pytest.mark.parametrize("damage", DAMAGED_DATASETS, ids=list(DAMAGED_DATASETS))
+def test_damaged_dataset_is_refused_by_train(digits, tmp_path, capsys, damage):
+    names = DAMAGED_DATASETS[damage](digits)
+    out = tmp_path / "run"
+    assert_clean_error(run_mlpl(["train", "--dataset", digits, "--out", out, *TRAIN], capsys), 2, names)
+    assert not (out / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# option values checked at the boundary, before any work or write
+
+BAD_TRAIN_OPTIONS = {
+    "--lr -1": (["--lr", "-1"], "--lr"),
+    "--lr nan": (["--lr", "nan"], "--lr"),
+    "--max-batches -3": (["--max-batches", "-3"], "--max-batches"),
+    "--epochs 0": (["--epochs", "0"], "--epochs"),
+    "--image-size 0": (["--image-size", "0"], "--image-size"),
+    "--workers -1": (["--workers", "-1"], "--workers"),
+    "--batch-size 0": (["--batch-size", "0"], "--batch-size"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN_OPTIONS, ids=list(BAD_TRAIN_OPTIONS))
+def test_train_option_out_of_range_is_refused_before_any_write(digits_src, tmp_path, capsys, case):
+    args, option = BAD_TRAIN_OPTIONS[case]
+    out = tmp_path / "run"
+    result = run_mlpl(["train", "--dataset", digits_src, "--out", out, *TRAIN, *args], capsys)
+    assert_clean_error(result, 2, [option, args[1]])
+    assert not out.exists()
+
+
+def test_evaluate_threshold_out_of_range_is_refused(tmp_path, capsys):
+    assert_clean_error(run_mlpl(["evaluate", tmp_path, "--threshold", "2"], capsys), 2, ["--threshold", "≤ 1"])
+
+
+@pytest.mark.parametrize("args, option", [(["--image-size", "0"], "--image-size"), (["--workers", "-1"], "--workers"),
+                                          (["--seeds", "0"], "--seeds"), (["--overlap", "1.5"], "--overlap")])
+def test_precompute_option_out_of_range_is_refused_before_any_write(digits_src, tmp_path, capsys, args, option):
+    out = tmp_path / "store"
+    result = run_mlpl(["precompute-clip", "--dataset", digits_src, "--out", out, *args], capsys)
+    assert_clean_error(result, 2, option)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["prepare", "precompute-clip", "train"])
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_that_is_a_file_is_refused_first(digits_src, coco_src, tmp_path, capsys, command, where):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    out = blocker if where == "file" else blocker / "sub"
+    args = {
+        # the missing --root proves --out is checked before any input is read
+        "prepare": ["prepare", "--dataset", "coco", "--root", tmp_path / "no-such-root", "--out", out],
+        "precompute-clip": ["precompute-clip", "--dataset", digits_src, "--out", out],
+        "train": ["train", "--dataset", digits_src, "--out", out, *TRAIN],
+    }[command]
+    assert_clean_error(run_mlpl(args, capsys), 2, ["--out", str(blocker)])
+    assert blocker.read_text() == "a file"
+
+
+def test_prepare_checks_an_existing_out_before_reading_inputs(tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    result = run_mlpl(["prepare", "--dataset", "coco", "--root", tmp_path / "no-such-root", "--out", out], capsys)
+    assert_clean_error(result, 2, ["--out", "already exists"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run folders: nothing in them runs code; damaged files are named
+
+@pytest.fixture(scope="module")
+def run_src(digits_src: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch run of 'an' on the small digits dataset; copy it before changing it."""
+    out = tmp_path_factory.mktemp("run") / "an"
+    assert run_cli(["train", "--dataset", digits_src, "--out", out, *TRAIN]) == 0
+    return out
+
+
+@pytest.fixture
+def run_dir(run_src: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "an"
+    shutil.copytree(run_src, out)
+    return out
+
+
+class _Payload:
+    """What a hostile run folder's pickle would do on load: write a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code from the run folder ran"))
+
+
+def test_pickled_last_pt_is_never_loaded(digits_src, run_dir, tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 0, "config": {}, "payload": _Payload(marker)}, run_dir / "last.pt")
+    result = run_mlpl(["train", "--dataset", digits_src, "--out", run_dir, *TRAIN], capsys)
+    assert_clean_error(result, 2, ["last.pt", "pickle"])
+    assert not marker.exists()
+
+
+def test_last_pt_round_trips_without_pickle(tmp_path):
+    import pickle
+    import random
+
+    import torch
+    from mlpl.schemas.state import load_state, save_state
+
+    state = {"model": {"w": torch.arange(6.0).view(2, 3)}, "optimizer": {"state": {0: {"step": torch.tensor(3.0)}},
+             "param_groups": [{"params": [0], "betas": (0.9, 0.999), "foreach": None}]},
+             "rng": {"numpy": np.random.get_state(), "python": random.getstate(), "torch": torch.get_rng_state()},
+             "history": {"val_map": [1.5, float("nan")], "best_epoch": np.int64(2)}}
+    save_state(tmp_path / "last.pt", state)
+    raw = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(raw)  # not a pickle at all
+    back = load_state(tmp_path / "last.pt")
+    assert torch.equal(back["model"]["w"], state["model"]["w"])
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert back["optimizer"]["state"][0]["step"].item() == 3.0
+    np.random.set_state(back["rng"]["numpy"])
+    random.setstate(back["rng"]["python"])
+    assert back["history"]["best_epoch"] == 2 and np.isnan(back["history"]["val_map"][1])
+
+
+def test_truncated_last_pt_is_named(digits_src, run_dir, capsys):
+    path = run_dir / "last.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = run_mlpl(["train", "--dataset", digits_src, "--out", run_dir, *TRAIN], capsys)
+    assert_clean_error(result, 2, ["last.pt", "truncated"])
+
+
+def test_truncated_best_weights_are_named(run_dir, capsys):
+    path = run_dir / "best.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert_clean_error(run_mlpl(["evaluate", run_dir], capsys), 2, ["best.safetensors", "truncated"])
+
+
+def test_broken_last_line_of_metrics_is_named(run_dir, capsys):
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "spl')
+    assert_clean_error(run_mlpl(["validate", run_dir], capsys), 2, ["metrics.jsonl:", "cut or edited"])
+
+
+def test_moved_run_folder_resumes(digits_src, run_dir, tmp_path, capsys):
+    moved = tmp_path / "elsewhere" / "an"
+    shutil.move(run_dir, moved)
+    code, out, err = run_mlpl(["train", "--dataset", digits_src, "--out", moved, *TRAIN], capsys)
+    assert code == 0 and "Traceback" not in out + err, err
+
+
+def test_run_with_other_settings_names_them(digits_src, run_dir, capsys):
+    result = run_mlpl(["train", "--dataset", digits_src, "--out", run_dir, *TRAIN, "--lr", "0.5"], capsys)
+    assert_clean_error(result, 2, ["last.pt", "another configuration", "lr: saved"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stores: damaged or edited chunks found by `validate`, redone by a rerun
+
+PRECOMPUTE = ["--seeds", "1", "--batch-size", "32", "--workers", "0", "--model", "digits"]
+
+
+@pytest.fixture(scope="module")
+def store_src(digits_src: Path, tmp_path_factory: pytest.TempPathFactory, teacher_cache: Path) -> Iterator[Path]:
+    """A store of the digits teacher over the small digits dataset (1 seed, 3 chunks); copy it to break it.
+    The teacher's cache stays set for the module's tests (a rerun of precompute-clip needs it)."""
+    out = tmp_path_factory.mktemp("store") / "store"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLPL_CACHE", str(teacher_cache))
+        assert run_cli(["precompute-clip", "--dataset", digits_src, "--out", out, *PRECOMPUTE]) == 0
+        yield out
+
+
+@pytest.fixture
+def store(store_src: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "store"
+    shutil.copytree(store_src, out)
+    return out
+
+
+def chunk_file(store: Path, seed: int, chunk: int) -> Path:
+    return store / "sims" / "c" / str(seed) / str(chunk) / "0" / "0"
+
+
+def test_damaged_store_chunk_is_found_and_redone(digits_src, store, capsys):
+    from mlpl.schemas.store import open_store
+
+    clean = open_store(store).read_chunk(0, 1).copy()
+    chunk_file(store, 0, 1).write_bytes(np.random.RandomState(0).bytes(500))
+    assert_clean_error(run_mlpl(["validate", store], capsys), 2, [str(store), "seed 0 chunk 1", "does not decode"])
+    assert open_store(store).done_matrix().tolist() == [[True, False, True]]
+    assert run_cli(["precompute-clip", "--dataset", digits_src, "--out", store, *PRECOMPUTE]) == 0
+    np.testing.assert_array_equal(open_store(store).read_chunk(0, 1), clean)
+    assert run_cli(["validate", store]) == 0
+
+
+def test_edited_similarities_are_found(store, capsys):
+    import zarr
+
+    sims = zarr.open_group(str(store), mode="r+")["sims"]
+    sims[0, 40, 0, 3] = np.float16(0.99)
+    assert_clean_error(run_mlpl(["validate", store], capsys), 2, ["seed 0 chunk 1", "checksum differs"])
+
+
+def test_nan_rows_not_listed_as_corrupt_are_found(store, capsys):
+    import zarr
+
+    sims = zarr.open_group(str(store), mode="r+")["sims"]
+    sims[0, 70, 2, :] = np.nan  # one view of one row
+    from mlpl.schemas.store import chunk_checksum, open_store
+
+    opened = open_store(store, mode="r+")
+    opened.group["checksums"][0, 2] = np.uint64(chunk_checksum(opened.read_chunk(0, 2)))  # as if written so
+    assert_clean_error(run_mlpl(["validate", store], capsys), 2, ["rows [70]", "not listed in corrupt_rows"])
+
+
+def test_broken_zarr_json_is_named(digits_src, store, tmp_path, capsys):
+    (store / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gr')
+    assert_clean_error(run_mlpl(["validate", store], capsys), 2, "zarr.json")
+    result = run_mlpl(["train", "--dataset", digits_src, "--out", tmp_path / "run", *TRAIN, "--method", "aevlp",
+                       "--pseudo-store", store], capsys)
+    assert_clean_error(result, 2, "zarr.json")
+
+
+def test_renamed_class_is_named(digits, store_src, tmp_path, capsys):
+    from mlpl.schemas.dataset import read_labels, write_labels
+
+    meta = json.loads((digits / "dataset.json").read_text())
+    meta["classes"][7] = "sept"
+    (digits / "dataset.json").write_text(json.dumps(meta))
+    table = read_labels(digits / "labels.parquet")
+    renamed = ds_schema.LabelsTable(**{**table.__dict__, "classes": tuple(meta["classes"])})
+    write_labels(digits / "labels.parquet", renamed)
+    result = run_mlpl(["train", "--dataset", digits, "--out", tmp_path / "run", *TRAIN, "--method", "aevlp",
+                       "--pseudo-store", store_src], capsys)
+    assert_clean_error(result, 2, ["store 'seven', dataset 'sept'"])
+
+
+def test_damaged_chunk_in_training_is_named(digits_src, store, tmp_path, capsys):
+    chunk_file(store, 0, 2).write_bytes(b"\x00" * 64)
+    result = run_mlpl(["train", "--dataset", digits_src, "--out", tmp_path / "run", *TRAIN, "--method", "aevlp",
+                       "--pseudo-store", store], capsys)
+    assert_clean_error(result, 2, [str(store), "chunk 2 does not decode", "mlpl validate"])
+
+
+def test_nan_views_and_few_seeds_are_counted_and_said(digits_src, store, tmp_path, caplog):
+    import zarr
+
+    zarr.open_group(str(store), mode="r+")["sims"][0, 5, 1, :] = np.nan
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        assert run_cli(["train", "--dataset", digits_src, "--out", out, *TRAIN, "--method", "aevlp",
+                        "--epochs", "2", "--pseudo-store", store]) == 0
+    assert any("1 augment seed(s) for 2 epochs" in r.getMessage() for r in caplog.records)
+    train = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    assert [r["sims_nan_rows"] for r in train] == [1, 1] and [r["sims_nan_views"] for r in train] == [1, 1]
+
+
+def test_precompute_seeds_default_to_the_family_epochs(digits_src, tmp_path):
+    from mlpl.config import default_seeds, resolve_train_cfg
+
+    meta = ds_schema.open_dataset(digits_src).meta
+    assert default_seeds(meta) == resolve_train_cfg("aevlp", "-", meta.name, "-").epochs > 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the environment fails: a full disk is one line naming the file, exit 1, and a rerun continues
+
+def run_with_file_size_limit(args: list, limit: int) -> tuple[int, str, str]:
+    """`mlpl ARGS` in a subprocess that may write no file larger than `limit` bytes (a full disk, as the
+    writer sees it: SIGXFSZ ignored, so the write fails with EFBIG)."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "mlpl.cli", *map(str, args)], preexec_fn=limited,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_disk_full_during_prepare(tmp_path):
+    out = tmp_path / "ds"
+    args = ["prepare", "--dataset", "digits", "--out", out, "--size", "120", "--test-size", "30",
+            "--rows-per-shard", "32"]
+    assert_clean_error(run_with_file_size_limit(args, 20_000), 1, ["train-000000.tar", "File too large"])
+    assert not out.exists() and not list(tmp_path.glob(".ds.*"))  # nothing half-written is left
+    assert run_cli(args) == 0
+
+
+def test_disk_full_during_precompute_then_resume(digits_src, store_src, tmp_path, teacher_cache, monkeypatch):
+    from mlpl.schemas.store import open_store
+
+    monkeypatch.setenv("MLPL_CACHE", str(teacher_cache))
+    out = tmp_path / "store"
+    args = ["precompute-clip", "--dataset", digits_src, "--out", out, *PRECOMPUTE]
+    assert_clean_error(run_with_file_size_limit(args, 3_000), 1, [str(out), "File too large"])
+    assert not open_store(out).is_complete()
+    assert run_cli(args) == 0
+    np.testing.assert_array_equal(np.asarray(open_store(out).sims[...]), np.asarray(open_store(store_src).sims[...]))
+
+
+def test_disk_full_during_train_then_resume(digits_src, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", digits_src, "--out", out, *TRAIN]
+    assert_clean_error(run_with_file_size_limit(args, 20_000), 1, [str(out), "File too large"])
+    assert not (out / "summary.json").exists()
+    assert run_cli(args) == 0
+
+
+def _garble_image(root: Path, row: int) -> None:
+    ds = ds_schema.open_dataset(root)
+    shard = next(s for s in ds.shards if s.first_row <= row < s.first_row + s.num_samples)
+
+    def garble(members: list) -> list:
+        return [(m, b"\x89PNG not really an image" if m.name == f"{row:09d}.png" else data) for m, data in members]
+
+    rewrite_shard(root / "shards" / shard.name, garble)
+
+
+def test_undecodable_images_are_counted_and_never_replaced(digits, tmp_path):
+    """A corrupt train image is skipped and counted per epoch; a corrupt val image is counted in the metrics and
+    the summary, which are computed over the rows actually read (no other sample stands in for it)."""
+    _garble_image(digits, 10)  # train
+    _garble_image(digits, 100)  # val (rows 96..119)
+    out = tmp_path / "run"
+    assert run_cli(["train", "--dataset", digits, "--out", out, *TRAIN]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    by_split = {r["split"]: r for r in records}
+    assert by_split["train"]["undecodable_images"] == 1 and by_split["val"]["skipped_images"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_images"] == {"train": 1, "val": 1, "test": 0}
+    assert summary["val"]["extra"]["skipped_images"] == 1
+    predictions = np.load(out / "predictions-test.npz")
+    assert predictions["rows"].tolist() == list(range(120, 150))  # every test row once, none repeated

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.state import load_state
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, get_label_state_info
 from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
 from mlpl.stages.train.losses.large_loss import large_loss_count, select_large_losses
@@ -277,7 +278,7 @@ def test_ll_cp_run_keeps_its_corrections_in_last_pt(digits_methods, tmp_path) ->
     args = ["train", "--dataset", digits_methods, "--method", "ll-cp", "--out", out, "--epochs", "2",
             "--batch-size", "32", "--image-size", "32", "--workers", "1", "--max-batches", "3"]
     assert run_cli(args) == 0
-    state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    state = load_state(out / "last.pt")
     flags = state["label_state"]["corrected"]
     # digits Δ = 0.6 % of 32·10 cells: k = ceil(1.92) = 2 per batch of epoch 2, 3 batches
     assert flags.dtype == torch.int8 and flags.sum().item() >= 6

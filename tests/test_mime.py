@@ -9,6 +9,7 @@ import pytest
 import torch
 from mlpl.config import resolve_train_cfg
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.state import load_state
 from mlpl.stages.train.heads.mime import MimeHead, MimeHeadCfg, sine_position_embedding
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
 from mlpl.stages.train.losses import EpochState
@@ -178,7 +179,7 @@ def test_pseudo_positives_survive_a_crash_and_resume(digits_methods, tmp_path) -
 
     with pytest.raises(_Crash):
         Trainer(cfg(tmp_path / "crashed"), progress=crash_in_epoch_3).run()
-    saved = torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)
+    saved = load_state(tmp_path / "crashed" / "last.pt")
     assert saved["epoch"] == 2 and int(saved["label_state"]["corrected"].sum()) > 0
     resumed = Trainer(cfg(tmp_path / "crashed")).run()
     assert resumed.test.map == pytest.approx(whole.test.map)

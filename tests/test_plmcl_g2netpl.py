@@ -13,6 +13,7 @@ import torch
 from mlpl.config import resolve_train_cfg
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.state import load_state
 from mlpl.stages.train.labelstate import LabelStateContext, RowTable, create_label_state
 from mlpl.stages.train.labelstate.g2netpl import game_gradient, game_steps
 from mlpl.stages.train.labelstate.soft_labels import TEACHER_CLIP, confidence_threshold, confidence_weight
@@ -393,7 +394,7 @@ def test_teacher_init_end_to_end_reads_the_store(digits_methods, methods_store, 
     from mlpl.schemas.dataset import open_dataset
 
     ds = open_dataset(digits_methods)
-    z = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["label_state"]["logits"]
+    z = load_state(tmp_path / "run" / "last.pt")["label_state"]["logits"]
     n, c = z.shape
     truth = ds.labels.matrix(np.arange(n)).astype(bool)
     obs = ds.observations("partial-0.5")

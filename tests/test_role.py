@@ -14,6 +14,7 @@ import torch
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.dataset import open_dataset
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.state import load_state
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
 from mlpl.stages.train.labelstate.role import initial_logits
 from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
@@ -228,7 +229,7 @@ def test_torchrun_two_ranks_train_every_row_of_the_estimator(digits_methods, tmp
     obs = ds.observations("spml")
     observed = np.zeros((stop - start, ds.meta.num_classes), dtype=np.int8)
     observed[obs.row - start] = obs.matrix(ds.meta.num_classes)
-    saved = torch.load(out / run_schema.LAST_STATE, map_location="cpu", weights_only=False)["label_state"]
+    saved = load_state(out / run_schema.LAST_STATE)["label_state"]
     moved = (saved["logits"] != initial_logits(observed, 0)).any(dim=1)
     # one epoch deals every training row to one rank; rank 0 alone would have moved about half of them
     assert moved.all(), f"{int(moved.sum())} of {len(moved)} rows trained"

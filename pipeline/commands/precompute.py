@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 from mlpl import steps
 from mlpl.app import app
-from mlpl.schemas.errors import InputError
+from mlpl.config import default_seeds
+from mlpl.errors import check_out_folder
+from mlpl.schemas.errors import check_range
 
 teacher_app = typer.Typer(help="Built-in teachers: list them, fit one explicitly.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
@@ -19,7 +21,9 @@ app.add_typer(teacher_app, name="teacher")
 def precompute_clip(
     dataset: Annotated[str, typer.Option(help="Prepared dataset folder, or its name under --data-root.")],
     out: Annotated[Path, typer.Option(help="Store folder: created, or resumed if it exists with the same settings.")],
-    seeds: Annotated[int, typer.Option(help="Augment seeds S (seeds 0..S-1; one per training epoch).")] = 1,
+    seeds: Annotated[int | None, typer.Option(
+        help="Augment seeds S (seeds 0..S-1; one per training epoch; default: the epochs of the dataset "
+             "family's default method, so dynamic pseudo-labels see a new seed every epoch).")] = None,
     grid: Annotated[int | None, typer.Option(help="Tiles per side g (default: digits 3, cub 5, else 4).")] = None,
     overlap: Annotated[float, typer.Option(help="r_max: tile overlap r ~ U(0, r_max) per tile and axis.")] = 0.2,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip per view.")] = True,
@@ -58,10 +62,13 @@ def precompute_clip(
     from mlpl.stages.precompute.run import PrecomputeCfg
     from mlpl.stages.precompute.teacher import TeacherCfg, default_teacher_for
 
-    if seeds < 1:
-        raise InputError(f"--seeds must be ≥ 1, got {seeds}")
+    check_out_folder(out)
+    if seeds is not None:
+        check_range("seeds", seeds, ge=1)
     ds_dir = steps.resolve_dataset_dir(dataset, data_root)
     meta = DatasetMeta.from_json(ds_dir / "dataset.json")
+    if seeds is None:
+        seeds = default_seeds(meta)
     teacher = TeacherCfg(
         model=model or default_teacher_for(meta.name), pretrained=pretrained, prompt_template=prompt_template,
         precision=precision, device=device, cache_dir=str(cache_dir) if cache_dir else None,

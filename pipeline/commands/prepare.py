@@ -63,8 +63,13 @@ def prepare(
     ] = None,
 ) -> None:
     """Convert a source dataset into a prepared dataset (shards, labels, observation regimes)."""
+    from mlpl.errors import check_out_folder
     from mlpl.stages.prepare.datasets import PrepareRequest
 
+    # before any input is read (a COCO-2014 JSON takes seconds): the output folder can be made
+    check_out_folder(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"--out {out}: already exists; choose another --out or pass --overwrite")
     options = {
         "size": size, "test_size": test_size, "canvas": canvas, "cells": cells, "max_digits": max_digits,
         "seed": seed, "no_test": no_test, "year": year, "pool": pool, "manifest": manifest, "classes": classes,

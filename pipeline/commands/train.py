@@ -8,15 +8,17 @@ from typing import Annotated
 import typer
 from mlpl import steps
 from mlpl.app import app
+from mlpl.config import DEFAULT_METHOD
+from mlpl.errors import check_out_folder
 from mlpl.progress import progress_bar
-from mlpl.schemas.errors import InputError
+from mlpl.schemas.errors import InputError, check_range
 from mlpl.stages.runtime import workers_option
 
 
 @app.command()
 def train(
     dataset: Annotated[str, typer.Option(help="Prepared dataset folder, or its name under --data-root.")],
-    method: Annotated[str, typer.Option(help="Method preset (see `mlpl methods`).")] = "aevlp",
+    method: Annotated[str, typer.Option(help="Method preset (see `mlpl methods`).")] = DEFAULT_METHOD,
     pseudo_store: Annotated[Path | None, typer.Option(help="Store from `mlpl precompute-clip`.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<dataset>-<method>-<seed>).")] = None,
     regime: Annotated[str | None, typer.Option(help="Observation regime (default: the method's).")] = None,
@@ -47,9 +49,12 @@ def train(
     from mlpl.schemas.dataset import DatasetMeta
     from mlpl.stages.train.loop import Trainer
 
+    if out is not None:
+        check_out_folder(out)
     ds_dir = steps.resolve_dataset_dir(dataset, data_root)
     meta = DatasetMeta.from_json(ds_dir / "dataset.json")
     out = out or Path("runs") / f"{meta.name}-{method}-{seed}"
+    check_out_folder(out)
     overrides = {
         "pseudo_store": str(pseudo_store.resolve()) if pseudo_store else None, "regime": regime, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "head_lr_mult": head_lr_mult, "backbone": backbone, "head": head,
@@ -91,6 +96,8 @@ def evaluate(
     from mlpl.stages.evaluate.report import format_table
     from mlpl.stages.train.predict import evaluate_run
 
+    if threshold is not None:
+        check_range("threshold", threshold, ge=0.0, le=1.0)
     if out is not None and len(runs) > 1:
         raise InputError(f"--out: names one file, but {len(runs)} runs were given; leave it out to write "
                          "RUN/eval-<split>.json in each")

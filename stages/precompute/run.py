@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from mlpl.schemas.dataset import PreparedDataset, open_dataset
-from mlpl.schemas.errors import InputError
+from mlpl.schemas.errors import InputError, check_range
+from mlpl.schemas.shards import check_shards_exist
 from mlpl.schemas.store import Store, StoreAttrs, open_store
 from mlpl.stages.precompute.store_writer import open_or_create_store, scan_corrupt_rows, write_task
 from mlpl.stages.precompute.tasks import Task, train_tasks
@@ -91,10 +92,16 @@ class PrecomputeCfg:
             raise InputError("--seeds must be ≥ 1")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise InputError(f"--seeds: augment seeds must be distinct and ≥ 0, got {list(self.seeds)}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be ≥ 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise InputError(f"--workers must be ≥ 0, got {self.workers}")
+        for name, bounds in PRECOMPUTE_RANGES.items():
+            if getattr(self, name) is not None:
+                check_range(name, getattr(self, name), **bounds)
+
+
+PRECOMPUTE_RANGES: dict[str, dict[str, float]] = {
+    "batch_size": {"ge": 1}, "workers": {"ge": 0}, "grid": {"ge": 1}, "overlap": {"ge": 0, "le": 0.99},
+    "image_size": {"ge": 8}, "noise_topk": {"ge": 1},
+}
+"""The ranges `PrecomputeCfg` checks on construction."""
 
 
 @dataclass
@@ -166,7 +173,7 @@ def run_precompute(cfg: PrecomputeCfg, progress: ProgressFn | None = None, teach
     """
     dataset = open_dataset(cfg.dataset)
     # settings that need neither the teacher nor the store fail first, before any work
-    train_tasks(dataset, cfg.seeds)
+    check_shards_exist(sorted({task.shard for task in train_tasks(dataset, cfg.seeds)}))
     ViewCfg(grid=cfg.grid or 1, overlap=float(cfg.overlap), flip=cfg.flip, normalize=cfg.normalize,
             image_size=cfg.image_size or 224, interpolation=cfg.interpolation or "bicubic", weak_aug=cfg.weak_aug)
     resolve_noise_cfg(cfg, dataset)

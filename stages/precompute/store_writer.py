@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mlpl.schemas.errors import InputError
+from mlpl.schemas.errors import InputError, naming_path
 from mlpl.schemas.store import Store, StoreAttrs, create_store, open_store
+from mlpl.schemas.tempdirs import make_temp_beside
 from mlpl.stages.precompute.tasks import Task
 
 # a resumed run uses the store's text embeddings; recomputed ones may differ by rounding on other hardware,
@@ -46,14 +46,20 @@ def open_or_create_store(out: Path, attrs: StoreAttrs, text_emb: np.ndarray) -> 
             raise InputError(f"--out {out}: exists and is not a pseudo-label store; choose another --out")
         if out.exists():
             out.rmdir()
-        # built beside `out` and renamed, so that a run killed while creating leaves no half store
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        # built beside `out` and renamed, so that a run killed while creating leaves no half store (and the
+        # next run removes the temporary folder it left)
+        tmp = make_temp_beside(out)
         try:
             tmp.rmdir()
             create_store(tmp, attrs, text_emb)
             os.chmod(tmp, 0o755)
             os.replace(tmp, out)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if (out / "zarr.json").exists():  # another run created it between our check and our rename
+                raise InputError(f"--out {out}: another `mlpl precompute-clip` created this store at the same "
+                                 "time; rerun this command once it has finished (it resumes what is left)") from None
+            raise e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -89,7 +95,9 @@ def scan_corrupt_rows(store: Store) -> list[int]:
 
 def write_task(store: Store, task: Task, sims: np.ndarray, emb: np.ndarray | None) -> None:
     stop = task.first_row + task.num_rows
-    store.sims[task.seed_index, task.first_row : stop] = sims
-    if emb is not None:
-        store.group["img_emb"][task.seed_index, task.first_row : stop] = emb
-    store.done[task.seed_index, task.chunk] = 1  # last: a chunk is done only once it is fully written
+    with naming_path(store.path):
+        store.sims[task.seed_index, task.first_row : stop] = sims
+        if emb is not None:
+            store.group["img_emb"][task.seed_index, task.first_row : stop] = emb
+        store.record_checksum(task.seed_index, task.chunk)
+        store.done[task.seed_index, task.chunk] = 1  # last: a chunk is done only once it is fully written

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -434,7 +435,8 @@ def load_teacher(cfg: TeacherCfg, source: WeightsSource | None = None) -> Teache
                 device=device, cache_dir=cfg.cache_dir, pretrained_text=False,
             )
             tokenizer = open_clip.get_tokenizer(source.model_name)
-    except (RuntimeError, ValueError, FileNotFoundError, KeyError) as e:
+    except (RuntimeError, ValueError, FileNotFoundError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        # open_clip loads with weights_only: a file that needs pickle's code to load is refused, never run
         where = source.checkpoint or source.model_name
         raise InputError(f"--pretrained {where}: open_clip could not load these weights into "
                          f"{cfg.model!r} ({e.__class__.__name__}: {e})") from None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds  # imported here, so that DataLoader workers inherit it instead of importing it
+from mlpl.schemas.shards import ShardCheck, raise_shard_error
 from mlpl.stages.pixels import decode_uint8
 from mlpl.stages.precompute.tasks import Task
 from mlpl.stages.precompute.views import ViewCfg, make_views
@@ -85,27 +86,14 @@ class ViewStream(torch.utils.data.IterableDataset):
             yield from self._task_batches(task)
 
     def _samples(self, task: Task) -> Iterator[tuple[int, bytes | None]]:
-        """(row, encoded image or None) of every sample of the task's shard, in shard order."""
+        """(row, encoded image) of every sample of the task's shard, in shard order, each checked against the
+        shard contract (a missing, short or altered shard is an error naming it, see schemas/shards.py)."""
         stream = wds.WebDataset(
             [task.shard], shardshuffle=False, nodesplitter=None, workersplitter=None,
-            handler=wds.warn_and_continue, empty_check=False,
+            handler=raise_shard_error, empty_check=False,
         )
-        for sample in stream:
-            key = sample.get("__key__", "")
-            try:
-                row = int(key)
-            except ValueError:
-                log.warning("%s: sample key %r is not a row number; skipped", task.shard, key)
-                continue
-            if not task.first_row <= row < task.first_row + task.num_rows:
-                log.warning("%s: row %d is outside this shard's rows; skipped", task.shard, row)
-                continue
-            data = _image_bytes(sample)
-            if data is None:
-                members = sorted(k for k in sample if not k.startswith("__"))
-                log.warning("%s: row %d has no png/jpg member (members: %s); its similarities stay NaN",
-                            task.shard, row, members)
-            yield row, data
+        for sample in ShardCheck({task.shard: (task.first_row, task.num_rows)})(iter(stream)):
+            yield int(sample["__key__"]), _image_bytes(sample)
 
     def _batch(self, task: Task, rows: list[int], images: list[bytes | None], last: bool) -> tuple:
         """Decode and cut the views of `rows` straight into a shared-memory batch buffer."""

@@ -32,7 +32,7 @@ from mlpl.schemas.dataset import (
     write_labels,
     write_shards_info,
 )
-from mlpl.schemas.errors import InputError
+from mlpl.schemas.errors import InputError, naming_path
 from mlpl.schemas.images import DECODE_ERRORS, UPRIGHT, decode_rgb, exif_orientation
 from mlpl.schemas.labels import SPLITS
 
@@ -166,7 +166,8 @@ def write_prepared(
                     first_row = len(rows)
                     entry = ShardEntry(shard_name(split, len(entries)), split, first_row, len(chunk))
                     results = pool.map(check_image, [item for _, item in chunk])
-                    with tarfile.open(tmp / SHARDS_DIR / entry.name, "w", format=tarfile.USTAR_FORMAT) as tar:
+                    shard_path = tmp / SHARDS_DIR / entry.name
+                    with naming_path(shard_path), tarfile.open(shard_path, "w", format=tarfile.USTAR_FORMAT) as tar:
                         for (i, item), checked in zip(chunk, results):
                             if checked.data is None:
                                 raise InputError(f"{item.origin or item.key}: {checked.error}; expected a readable "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.state import config_differences, load_state, load_weights, save_state, save_tensors
 from mlpl.stages.train.config import TrainCfg
 
 
@@ -38,56 +38,61 @@ def training_state(cfg: TrainCfg, epoch: int, history: dict[str, Any], parts: di
     }
 
 
-def same_run(state: dict[str, Any], cfg: TrainCfg, fingerprint: str) -> bool:
-    """Whether a saved state belongs to this configuration (paths aside) and dataset (its fingerprint)."""
-    def strip(config: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in config.items() if k not in PATH_FIELDS}
-
-    return strip(state["config"]) == strip(dataclasses.asdict(cfg)) and \
-        state.get("dataset_fingerprint", fingerprint) in ("", fingerprint)
+def run_differences(state: dict[str, Any], cfg: TrainCfg, fingerprint: str) -> list[str]:
+    """How a saved state differs from this configuration (paths aside) and dataset (its fingerprint)."""
+    changed = config_differences(state.get("config", {}), dataclasses.asdict(cfg), ignore=PATH_FIELDS)
+    if state.get("dataset_fingerprint", fingerprint) not in ("", fingerprint):
+        changed.append(f"dataset fingerprint: saved {state['dataset_fingerprint']}, now {fingerprint}")
+    return changed
 
 
 def save_last(out: Path, state: dict[str, Any]) -> None:
-    """Write `last.pt` through a temporary file, so a run killed while saving keeps the previous one."""
-    tmp = out / (run_schema.LAST_STATE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out / run_schema.LAST_STATE)
+    """Write `last.pt` (safetensors and JSON, no pickle: schemas/state.py) through a temporary file, so a run
+    killed while saving keeps the previous one."""
+    save_state(out / run_schema.LAST_STATE, state)
 
 
 def load_last(out: Path, cfg: TrainCfg, parts: dict[str, Stateful],
               fingerprint: str = "") -> tuple[int, dict[str, Any]] | None:
     """Restore every part and the RNG states from `last.pt`; (its epoch, history), or None without one.
 
+    The metrics lines of epochs after the saved one (a run killed between its metrics and its checkpoint)
+    are removed, so the resumed epochs replace them instead of repeating them.
+
     Raises:
-        InputError: `last.pt` belongs to a run with another configuration.
+        InputError: `last.pt` was written by an older mlpl (a pickle, never loaded), is cut short or damaged,
+            or belongs to a run with another configuration (paths aside: a moved or copied run resumes).
     """
     last = out / run_schema.LAST_STATE
     if not last.exists():
         return None
-    state = torch.load(last, map_location="cpu", weights_only=False)
-    if not same_run(state, cfg, fingerprint):
-        raise InputError(f"{last}: belongs to a run with another configuration; choose another --out")
-    for name, part in parts.items():
-        part.load_state_dict(state[name])
-    torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
-    random.setstate(state["rng"]["python"])
-    return state["epoch"], state["history"]
+    state = load_state(last)
+    changed = run_differences(state, cfg, fingerprint)
+    if changed:
+        raise InputError(f"{last}: belongs to a run with another configuration ({'; '.join(changed[:4])}); "
+                         "pass the same options to resume it, or choose another --out")
+    try:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        epoch, history = int(state["epoch"]), state["history"]
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise InputError(f"{last}: the saved state does not fit this run ({e.__class__.__name__}: "
+                         f"{str(e)[:200]}); delete it to start the run again") from None
+    run_schema.keep_metrics_until(out, epoch)
+    return epoch, history
 
 
 def save_best(out: Path, model: torch.nn.Module, meta: run_schema.ModelMeta | None = None) -> None:
     """Write the model's weights to `best.safetensors` through a temporary file, with `meta` (class names,
     preprocessing, backbone, threshold) in its metadata so that the file alone can be used on new images."""
-    from safetensors.torch import save_file
-
-    tmp = out / (run_schema.BEST_WEIGHTS + ".tmp")
     metadata = {run_schema.MODEL_META_KEY: meta.to_json()} if meta is not None else None
-    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, out / run_schema.BEST_WEIGHTS)
+    save_tensors(out / run_schema.BEST_WEIGHTS, {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
+                 metadata)
 
 
 def load_best(out: Path, model: torch.nn.Module) -> None:
-    """Load `best.safetensors` into the model."""
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(out / run_schema.BEST_WEIGHTS)))
+    """Load `best.safetensors` into the model (a cut or damaged file is an `InputError` naming it)."""
+    model.load_state_dict(load_weights(out / run_schema.BEST_WEIGHTS))

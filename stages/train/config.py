@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlpl.schemas.errors import check_range
+
 
 @dataclass(frozen=True)
 class TrainCfg:
@@ -43,6 +45,18 @@ class TrainCfg:
     seed: int = 0
     device: str = "auto"
     max_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)
+
+    def __post_init__(self) -> None:
+        for name, bounds in TRAIN_RANGES.items():
+            check_range(name, getattr(self, name), **bounds)
+
+
+TRAIN_RANGES: dict[str, dict[str, float]] = {
+    "epochs": {"ge": 1}, "batch_size": {"ge": 1}, "lr": {"gt": 0}, "head_lr_mult": {"gt": 0},
+    "image_size": {"ge": 8}, "threshold": {"ge": 0, "le": 1}, "max_batches": {"ge": 0},
+}
+"""The ranges `TrainCfg` checks on construction (presets and command line alike; `workers`, a count or 'auto',
+is checked by `mlpl.stages.runtime.resolve_workers`)."""
 
 
 # docs/methods.md §1.6: (largest allowed drop below the best val mAP, epochs without improvement allowed)

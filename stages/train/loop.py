@@ -129,6 +129,11 @@ class Trainer:
             done = store.done_matrix()
             raise InputError(f"{store.path}: store is incomplete ({int(done.sum())}/{done.size} tasks done); "
                              "rerun `mlpl precompute-clip` with the same options to finish it")
+        seeds = len(store.attrs.seeds)
+        if self.cfg.pseudo_mode == "dynamic" and self.pseudo_info.uses_sims and seeds < self.cfg.epochs:
+            log.warning("%s: %d augment seed(s) for %d epochs of dynamic pseudo-labels: epochs e and e + %d read "
+                        "the same views; build the store with --seeds %d for a new seed every epoch",
+                        store.path, seeds, self.cfg.epochs, seeds, self.cfg.epochs)
         return store
 
     def _sims_reader(self) -> Callable[[int], Any]:
@@ -166,6 +171,10 @@ class Trainer:
         sims = None
         if self.pseudo_info.uses_sims:
             sims = self.online_sims(batch, epoch) if self.online_sims else batch.get("sims")
+        if sims is not None:  # a row with any NaN view gets no pseudo-labels: counted, never silent
+            nan = torch.isnan(sims.float()).flatten(2).any(dim=2)
+            self.counts["sims_nan_rows"] += int(nan.any(dim=1).sum())
+            self.counts["sims_nan_views"] += int(nan.sum())
         extra = {"logits": logits.detach().float().cpu(), "epoch": state} if self.pseudo_info.needs_logits else {}
         pseudo = self.pseudo_info.fn(sims=sims, observed=observed, cfg=self.pseudo_cfg, generator=gen, **extra)
         rows = batch["row"] - self.train_start
@@ -187,6 +196,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
         state = EpochState(epoch=epoch, num_epochs=self.cfg.epochs)
         total, seen = 0.0, 0
+        self.counts = {"undecodable_images": 0, "sims_nan_rows": 0, "sims_nan_views": 0}
         n_batches = len(loader) if not self.cfg.max_batches else min(len(loader), self.cfg.max_batches)
         for i, batch in enumerate(loader):
             if i == n_batches:
@@ -223,6 +233,7 @@ class Trainer:
             total += float(total_loss.detach()) * len(observed)
             seen += len(observed)
             self.progress(f"epoch {epoch}/{self.cfg.epochs}", i + 1, n_batches)
+        self.counts["undecodable_images"] = loader.undecodable
         return total / max(seen, 1)
 
     # ------------------------------------------------------------------ run
@@ -261,11 +272,12 @@ class Trainer:
             state_record = self.labels.end_epoch(epoch=epoch_state, rows=train_rows, probs=train_probs)
             val = None
             if self.has_val:
-                _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp)
-                val = split_metrics(probs, full, cfg.threshold)
+                skipped: dict[str, int] = {}
+                _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp, skipped)
+                val = {**split_metrics(probs, full, cfg.threshold), "skipped_images": float(skipped["val"])}
                 history["val_map"].append(val["map"])
             if self.rank == 0:
-                record = {"epoch": epoch, "split": "train", "loss": loss, "seconds": time.time() - t0}
+                record = {"epoch": epoch, "split": "train", "loss": loss, "seconds": time.time() - t0, **self.counts}
                 if cfg.pseudo != "none" and not self.unknown_train:
                     record.update({f"pseudo_{k}": float(v) for k, v in self.quality.compute().items()})
                 record.update({f"state_{k}": float(v) for k, v in state_record.items()})
@@ -297,18 +309,22 @@ class Trainer:
     def finish(self, model: Classifier, history: dict[str, Any], weights: str) -> run_schema.RunSummary:
         load_best(self.out, model)
         val = None
+        skipped: dict[str, int] = {}  # per split, images that did not decode (metrics are over the others)
         if self.has_val:
-            _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp)
-            val = split_metrics(vp, vf, self.cfg.threshold)
+            _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp, skipped)
+            val = {**split_metrics(vp, vf, self.cfg.threshold), "skipped_images": float(skipped["val"])}
         test = None
         if self.ds.meta.splits.get("test", 0):
-            tr, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp)
-            test = split_metrics(tp, tf, self.cfg.threshold)
+            tr, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp, skipped)
+            test = {**split_metrics(tp, tf, self.cfg.threshold), "skipped_images": float(skipped["test"])}
             if self.rank == 0:
                 run_schema.append_metrics(self.out, {"epoch": history["best_epoch"], "split": "test", **test})
                 run_schema.write_predictions(self.out, "test", tr, tp, tf)
         quality = {}
-        for rec in run_schema.read_metrics(self.out):
+        records = run_schema.read_metrics(self.out)
+        skipped["train"] = max((int(r.get("undecodable_images", 0)) for r in records if r["split"] == "train"),
+                               default=0)
+        for rec in records:
             if rec["split"] == "train" and rec["epoch"] == history["best_epoch"]:
                 quality = {k[len("pseudo_"):]: v for k, v in rec.items() if k.startswith("pseudo_")}
         summary = run_schema.RunSummary(
@@ -316,7 +332,7 @@ class Trainer:
             best_epoch=int(history["best_epoch"]), val=_split_metrics(val) if val else None,
             test=_split_metrics(test) if test else None,
             epochs_run=int(history.get("epochs_run", len(history["val_map"]))), pseudo_quality=quality,
-            notes=self.notes(),
+            notes=self.notes(), skipped_images=skipped,
         )
         if self.rank == 0:
             run_schema.write_summary(self.out, summary)

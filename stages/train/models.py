@@ -9,6 +9,7 @@ The `linear` head (global average pool, then `Linear(D, C)`) is the literature's
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,7 +290,12 @@ def load_backbone_weights(name: str, backbone: nn.Module, weights: Path | None, 
                 f"--backbone {name}: ImageNet weights not found at {path}; download {info.weights_url} "
                 f"to that path (or pass --backbone-weights FILE, or --no-pretrained to train from scratch)"
             )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: a weights file never runs code; one that needs more than tensors is refused
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise InputError(f"{path}: not a plain weights file that loads without running code "
+                         f"({e.__class__.__name__}: {str(e).splitlines()[0][:160]}); expected a state dict of "
+                         "tensors (torch.save(model.state_dict())) or a safetensors file") from None
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # ImageNet's classifier: not ours
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if unexpected or missing:

@@ -20,16 +20,23 @@ from mlpl.stages.train.stream import StreamCfg, eval_loader, model_input
 
 @torch.no_grad()
 def predict(model: Classifier, ds: PreparedDataset, split: str, stream: StreamCfg, device: torch.device,
-            amp: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, probabilities [n, C], full labels [n, C]) of a split, ordered by row."""
+            amp: bool = False, skipped: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, probabilities [n, C], full labels [n, C]) of the rows of a split whose image decodes, ordered by
+    row; the number of the others goes to `skipped[split]` (no row is ever stood in for by another)."""
     model.eval()
     rows, probs, full = [], [], []
-    for batch in eval_loader(ds, split, stream):
+    loader = eval_loader(ds, split, stream)
+    for batch in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(model_input(batch, device, stream.mean, stream.std))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         rows.append(batch["row"].numpy())
         full.append(batch["full"].numpy())
+    if skipped is not None:
+        skipped[split] = loader.undecodable
+    if not rows:
+        raise InputError(f"{ds.root}: no image of the {split} split could be decoded "
+                         f"({loader.undecodable} tried); prepare the dataset again")
     r = np.concatenate(rows)
     order = np.argsort(r)
     return r[order], np.concatenate(probs)[order], np.concatenate(full)[order]
@@ -69,7 +76,7 @@ def run_dataset(run: Path, cfg: TrainCfg, dataset: Path | None = None) -> Prepar
 
 def load_run_model(run: Path, dataset: Path | None = None) -> tuple[TrainCfg, Classifier, PreparedDataset]:
     """(TrainCfg, model with best weights, dataset) of a run folder; `dataset` where the run's dataset moved."""
-    from safetensors.torch import load_file
+    from mlpl.schemas.state import load_weights
 
     cfg = read_run_cfg(run)
     weights = Path(run) / run_schema.BEST_WEIGHTS
@@ -78,7 +85,7 @@ def load_run_model(run: Path, dataset: Path | None = None) -> tuple[TrainCfg, Cl
     ds = run_dataset(run, cfg, dataset)
     model, _ = create_classifier(cfg.backbone, ds.meta.num_classes, pretrained=False, head=cfg.head,
                                  head_params=cfg.head_params, family=cfg.family)
-    model.load_state_dict(load_file(str(weights)))
+    model.load_state_dict(load_weights(weights))
     return cfg, model, ds
 
 
@@ -91,10 +98,11 @@ def evaluate_run(run: Path, split: str, threshold: float | None = None,
     if not ds.meta.splits.get(split):
         raise InputError(f"--split: dataset {ds.meta.name!r} has no {split} rows")
     stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=resolve_workers(cfg.workers))
-    _, probs, full = predict(model, ds, split, stream, torch.device("cpu"))
+    skipped: dict[str, int] = {}
+    _, probs, full = predict(model, ds, split, stream, torch.device("cpu"), skipped=skipped)
     t = cfg.threshold if threshold is None else threshold
     return {"run": str(run), "split": split, "threshold": t, "method": cfg.method,
-            "metrics": split_metrics(probs, full, t)}
+            "metrics": {**split_metrics(probs, full, t), "skipped_images": float(skipped[split])}}
 
 
 def test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray] | None:

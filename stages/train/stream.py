@@ -8,6 +8,8 @@ triggers its own store read. Every pipeline step is a module-level picklable cal
 Epochs are exact: each training row is seen once per epoch. Under torchrun, rows are dealt to ranks by
 a seeded per-epoch permutation (reading every shard on every rank, decoding only owned rows), and each
 rank yields the same number of samples (short ranks repeat their first sample), hence equal batches.
+Every shard member is checked as read (schemas/shards.py); a row whose image does not decode is dropped
+and counted, in training and evaluation alike.
 Inside a rank, DataLoader worker w of W reads the w-th of W equal contiguous row ranges of the split (from
 the shards that hold it, stopping at its end), so every worker asked for works whatever the shard count.
 
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from mlpl.schemas.dataset import PreparedDataset
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.shards import ShardCheck, check_shards_exist, raise_shard_error
 from mlpl.stages.pixels import decode_uint8, normalize_uint8, resize_uint8
 from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD
 
@@ -83,7 +86,12 @@ class JoinRows:
                 self._sims = zarr.open_group(self.store_path, mode="r")["sims"]
             start = chunk * self.rows_per_chunk
             stop = min(start + self.rows_per_chunk, self._sims.shape[1])
-            self._chunk = (chunk, np.asarray(self._sims[self.seed_index, start:stop]))
+            try:
+                self._chunk = (chunk, np.asarray(self._sims[self.seed_index, start:stop]))
+            except Exception as e:  # a codec's own error type (zstd, blosc) for bytes that do not decode
+                raise InputError(f"{self.store_path}: seed {self.seed_index} chunk {chunk} does not decode "
+                                 f"({e.__class__.__name__}); run `mlpl validate {self.store_path}` (it clears the "
+                                 "chunk's done mark), then rerun `mlpl precompute-clip` to redo it") from None
         return self._chunk[1][row - chunk * self.rows_per_chunk]
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -126,8 +134,11 @@ class DecodeImage:
         for sample in src:
             try:
                 image = decode_uint8(sample.pop("bytes"))
-            except DECODE_ERRORS as e:  # a corrupt image is skipped and counted, never fatal
+            except DECODE_ERRORS as e:  # a corrupt image is skipped and counted (EpochLoader), never fatal
                 log.warning("row %d: image could not be decoded (%s); skipped", sample["row"], e)
+                side = self.image_size
+                sample.update(image=torch.zeros((3, side, side), dtype=torch.uint8), flip=False, ok=False)
+                yield sample
                 continue
             sample["image"] = resize_uint8(image, self.image_size, self.interpolation)
             sample["flip"] = self.flip and bool(np.random.default_rng([self.seed, sample["row"]]).random() < 0.5)
@@ -147,6 +158,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         "flip": torch.tensor([s["flip"] for s in samples], dtype=torch.bool),
         "row": torch.tensor([s["row"] for s in samples], dtype=torch.long),
         "full": torch.from_numpy(np.stack([s["full"] for s in samples])),
+        "ok": torch.tensor([s.get("ok", True) for s in samples], dtype=torch.bool),
     }
     if "observed" in samples[0]:
         out["observed"] = torch.from_numpy(np.stack([s["observed"] for s in samples]))
@@ -197,10 +209,10 @@ class WorkerRows(torch.utils.data.IterableDataset):
         for shard in self.shards:
             if shard.first_row + shard.num_rows <= lo or shard.first_row >= hi:
                 continue
-            for sample in wds.tarfile_samples([{"url": shard.url}]):
-                if "row" not in sample:
-                    log.warning("shard %s: sample %s has no row member; skipped", shard.url, sample.get("__key__"))
-                    continue
+            # every member checked against the shard contract as it is read (schemas/shards.py): a missing,
+            # cut or altered shard is an error naming it, never an epoch silently trained on fewer rows
+            samples = wds.tarfile_samples([{"url": shard.url}], handler=raise_shard_error)
+            for sample in ShardCheck({shard.url: (shard.first_row, shard.num_rows)})(samples):
                 sample = _decode_raw(sample)
                 row = sample["row"]
                 if row >= hi:
@@ -223,7 +235,9 @@ def _make_pipeline(
 
 def _shards(ds: PreparedDataset, split: str) -> list[ShardRows]:
     root = ds.root / "shards"
-    return [ShardRows(str(root / s.name), s.first_row, s.num_samples) for s in ds.shards_of(split)]
+    shards = [ShardRows(str(root / s.name), s.first_row, s.num_samples) for s in ds.shards_of(split)]
+    check_shards_exist(s.url for s in shards)
+    return shards
 
 
 def _decode_raw(sample: dict[str, Any]) -> dict[str, Any]:
@@ -234,14 +248,16 @@ class EpochLoader:
     """An iterable over one epoch's batches (collated dicts), exact and equal across ranks.
 
     Workers collate their own batches (one inter-process transfer per batch, not per sample); the main
-    process re-cuts them into exactly ceil(num_samples / batch_size) batches, padding a short rank with
-    its first sample (at most one), so every rank takes the same number of steps.
+    process re-cuts them into ceil(num_samples / batch_size) batches. Rows whose image does not decode
+    are dropped and counted (`undecodable`); with `pad` (training under torchrun) a short rank repeats its
+    first sample so every rank takes the same number of steps; evaluation never pads.
     """
 
     def __init__(self, pipeline: Any, workers: int, batch_size: int, num_samples: int, drop_last: bool,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, pad: bool = False) -> None:
         self.pipeline, self.workers, self.batch_size = pipeline, workers, batch_size
-        self.num_samples, self.drop_last, self.pin_memory = num_samples, drop_last, pin_memory
+        self.num_samples, self.drop_last, self.pin_memory, self.pad = num_samples, drop_last, pin_memory, pad
+        self.undecodable = 0  # rows of the last pass whose image could not be decoded (skipped)
 
     def __len__(self) -> int:
         n = self.num_samples / self.batch_size
@@ -255,19 +271,27 @@ class EpochLoader:
             batches, batch_size=None, num_workers=self.workers, persistent_workers=False,
             prefetch_factor=4 if self.workers else None, pin_memory=self.pin_memory,
         )
-        count, first = 0, None
+        count, yielded, first = 0, 0, None
+        self.undecodable = 0
         for part in loader:
             take = min(len(part["row"]), self.num_samples - count)
             if take <= 0:
                 break
             if take < len(part["row"]):
                 part = {k: v[:take] for k, v in part.items()}
+            count += take
+            ok = part.pop("ok")
+            if not bool(ok.all()):  # undecodable rows are counted, never replaced by another sample
+                self.undecodable += int((~ok).sum())
+                part = {k: v[ok] for k, v in part.items()}
+                if not len(part["row"]):
+                    continue
             if first is None:
                 first = {k: v[:1] for k, v in part.items()}
-            count += take
+            yielded += len(part["row"])
             yield part
-        while first is not None and count < self.num_samples:  # pad a short rank
-            count += 1
+        while self.pad and first is not None and yielded < self.num_samples:  # equal batches on every rank
+            yielded += 1
             yield first
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -321,7 +345,8 @@ def train_loader(
     decode = DecodeImage(cfg.image_size, cfg.flip, epoch_seed, cfg.interpolation)
     pipe = _make_pipeline(_shards(ds, "train"), join, OwnedByRank(owner, rank, start), decode, cfg.shuffle_buffer,
                           epoch_seed)
-    return EpochLoader(pipe, cfg.workers, cfg.batch_size, num, drop_last=False, pin_memory=cfg.pin_memory)
+    return EpochLoader(pipe, cfg.workers, cfg.batch_size, num, drop_last=False, pin_memory=cfg.pin_memory,
+                       pad=world > 1)
 
 
 def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg) -> EpochLoader:
