@@ -692,3 +692,134 @@ def test_undecodable_images_are_counted_and_never_replaced(digits, tmp_path):
     assert summary["val"]["extra"]["skipped_images"] == 1
     predictions = np.load(out / "predictions-test.npz")
     assert predictions["rows"].tolist() == list(range(120, 150))  # every test row once, none repeated
+
+
+@pytest.mark.parametrize("damage", ["deleted shard", "half a shard cut off", "tar member named ../"])
+def test_damaged_dataset_is_refused_by_precompute(digits, store_src, tmp_path, capsys, damage):
+    names = DAMAGED_DATASETS[damage](digits)
+    out = tmp_path / "store"
+    result = run_mlpl(["precompute-clip", "--dataset", digits, "--out", out, *PRECOMPUTE], capsys)
+    assert_clean_error(result, 2, names)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# weights files that only load with pickle are refused, not run
+
+def test_backbone_weights_that_need_pickle_are_refused(digits_src, tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "weights.pt"
+    torch.save({"conv.weight": _Payload(marker)}, weights)
+    result = run_mlpl(["train", "--dataset", digits_src, "--out", tmp_path / "run", *TRAIN, "--backbone", "resnet18",
+                       "--backbone-weights", weights], capsys)
+    assert_clean_error(result, 2, [str(weights), "without running code"])
+    assert not marker.exists()
+
+
+def test_teacher_weights_that_need_pickle_are_refused(digits_src, tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "teacher.pt"
+    torch.save({"state_dict": _Payload(marker)}, weights)
+    result = run_mlpl(["precompute-clip", "--dataset", digits_src, "--out", tmp_path / "store", "--model", "RN50",
+                       "--pretrained", weights, "--workers", "0"], capsys)
+    assert_clean_error(result, 2, [str(weights)])
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what killed or concurrent runs leave behind
+
+def test_temporary_folders_of_killed_runs_are_removed(tmp_path):
+    import os
+
+    from mlpl.schemas.tempdirs import make_temp_beside
+
+    out = tmp_path / "S"
+    old_form = tmp_path / ".S.k2j3h4g5"  # what a killed run of an older version left (8 KB of zarr.json)
+    dead = tmp_path / ".S.999999999.abcd1234"  # no process has this id
+    alive = tmp_path / f".S.{os.getppid()}.abcd1234"  # a run that is still going
+    users = tmp_path / ".S.backup"  # not a temporary folder at all
+    for folder in (old_form, dead, alive, users):
+        folder.mkdir()
+    tmp = make_temp_beside(out)
+    assert not old_form.exists() and not dead.exists() and alive.exists() and users.exists() and tmp.is_dir()
+
+
+def test_two_precomputes_on_one_new_out_the_loser_is_told(digits_src, tmp_path, monkeypatch):
+    import mlpl.stages.precompute.store_writer as writer
+    from mlpl.schemas.errors import InputError
+    from mlpl.schemas.store import StoreAttrs
+
+    attrs = StoreAttrs(dataset_fingerprint="f", dataset_name="d", classes=("a", "b"), num_rows=4,
+                       rows_per_chunk=2, seeds=(0,), teacher={}, views={"grid": 1}, embed_dim=3)
+    out = tmp_path / "store"
+    create = writer.create_store
+
+    def the_other_run_wins(path: Path, *args):  # the other run renames its store onto `out` meanwhile
+        create(out, *args)
+        return create(path, *args)
+
+    monkeypatch.setattr(writer, "create_store", the_other_run_wins)
+    with pytest.raises(InputError, match="another `mlpl precompute-clip` created this store at the same time"):
+        writer.open_or_create_store(out, attrs, np.zeros((2, 3), np.float32))
+    assert (out / "zarr.json").exists() and [p.name for p in tmp_path.iterdir()] == ["store"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# read-only output folders (the tests run as root, for whom no folder is read-only: the file system's answer
+# is played by os.access and os.replace for the one folder)
+
+def _read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    import errno
+    import os
+
+    access, replace = os.access, os.replace
+
+    def inside(path: object) -> bool:
+        return Path(str(path)).resolve().is_relative_to(folder.resolve())
+
+    def no_write_access(path: object, mode: int, **kw: object) -> bool:
+        return False if inside(path) and mode & os.W_OK else access(path, mode, **kw)
+
+    def read_only_replace(src: object, dst: object, **kw: object) -> None:
+        if inside(dst):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "access", no_write_access)
+    monkeypatch.setattr(os, "replace", read_only_replace)
+
+
+@pytest.mark.parametrize("command", ["prepare", "precompute-clip", "train"])
+def test_read_only_out_is_refused_before_any_work(digits_src, tmp_path, capsys, monkeypatch, command):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    out = folder / "new"
+    args = {"prepare": ["prepare", "--dataset", "digits", "--out", out, "--size", "120"],
+            "precompute-clip": ["precompute-clip", "--dataset", digits_src, "--out", out],
+            "train": ["train", "--dataset", digits_src, "--out", out, *TRAIN]}[command]
+    _read_only(monkeypatch, folder)
+    assert_clean_error(run_mlpl(args, capsys), 2, ["--out", str(folder), "not writable"])
+    assert not out.exists()
+
+
+def test_read_only_dataset_folder_for_observe(digits, capsys, monkeypatch):
+    _read_only(monkeypatch, digits)
+    result = run_mlpl(["observe", digits, "--regime", "partial-0.3"], capsys)
+    assert_clean_error(result, 1, [str(digits), "Read-only file system", "rerun"])
+
+
+def test_read_only_run_folder_for_evaluate(run_dir, capsys, monkeypatch):
+    _read_only(monkeypatch, run_dir)
+    assert_clean_error(run_mlpl(["evaluate", run_dir], capsys), 1, [str(run_dir / "eval-test.json"), "Read-only"])
+
+
+def test_error_in_a_dataloader_worker_is_one_line(digits, tmp_path, capsys):
+    """An error raised in a worker process reaches the user as its own line, not the worker's traceback."""
+    _dotdot_member(digits)
+    result = run_mlpl(["train", "--dataset", digits, "--out", tmp_path / "run", *TRAIN, "--workers", "1"], capsys)
+    line = assert_clean_error(result, 2, ["train-000001.tar", "../000000032"])
+    assert "Caught" not in line and "worker" not in line
