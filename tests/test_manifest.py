@@ -228,6 +228,8 @@ def test_bad_options_and_columns(tmp_path, images, capsys):
     noimage = write_manifest(tmp_path / "n.csv", [("a.jpg",)], ("path",))
     assert prepare(tmp_path, noimage, images, out="x") == 2
     assert "no 'image' column" in capsys.readouterr().err
+    assert prepare(tmp_path, ok, images, "--root", images, out="x") == 2
+    assert "--root: dataset 'manifest' takes no --root (its images are under --images)" in capsys.readouterr().err
     (tmp_path / "m.txt").write_text("image\na.jpg\n")
     assert prepare(tmp_path, tmp_path / "m.txt", images, out="x") == 2
     assert "a manifest must end in one of" in capsys.readouterr().err

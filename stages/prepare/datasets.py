@@ -58,7 +58,8 @@ def check_request(info: DatasetInfo, req: PrepareRequest) -> None:
         if not Path(req.root).is_dir():
             raise InputError(f"--root: {req.root} is not a folder; expected the {info.name} source layout{layout}")
     elif req.root is not None:
-        raise InputError(f"--root: dataset {info.name!r} is built in and takes no --root")
+        where = "its images are under --images" if info.takes_images else "it is built in"
+        raise InputError(f"--root: dataset {info.name!r} takes no --root ({where})")
     extra = sorted(k for k, v in req.options.items() if v is not None and k not in info.options)
     if extra:
         opts = ", ".join("--" + k.replace("_", "-") for k in extra)
