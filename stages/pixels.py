@@ -137,9 +137,18 @@ def crop_resize_uint8(image: torch.Tensor, box: tuple[float, float, float, float
 
 
 def normalize_uint8(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [..., 3, H, W] on any device → float (x / 255 − mean) / std, one fused pass per batch."""
+                    dtype: torch.dtype = torch.float32, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [..., 3, H, W] on any device → float (x / 255 − mean) / std, in the input's memory layout.
+
+    Args:
+        flip: indices (along the first dimension) of images to mirror left-right, or None.
+    """
+    if flip is not None and len(flip):
+        # mirrored while still uint8 (a quarter of the bytes), on a copy: the caller's batch stays as it is
+        images = images.clone()
+        images[flip] = images[flip].flip(-1)
+    x = images.to(dtype)
     shape = (3, 1, 1)
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=images.device).view(shape)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=dtype, device=images.device).view(shape)
-    return torch.addcmul(-shift, images.to(dtype), scale)
+    return x.mul_(scale).sub_(shift)

@@ -171,10 +171,8 @@ def model_input(batch: dict[str, torch.Tensor], device: torch.device, mean: tupl
                 std: tuple[float, ...]) -> torch.Tensor:
     """A batch's uint8 images as the model's float input on `device`: flipped where the row's coin said so,
     scaled to [0, 1] and normalised with the backbone's mean/std (docs/methods.md §1.5)."""
-    images = batch["image"].to(device, non_blocking=True)
-    flips = batch["flip"].to(device, non_blocking=True)
-    images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images) if bool(batch["flip"].any()) else images
-    return normalize_uint8(images, mean, std)
+    flipped = torch.nonzero(batch["flip"]).flatten().to(device, non_blocking=True)
+    return normalize_uint8(batch["image"].to(device, non_blocking=True), mean, std, flip=flipped)
 
 
 @dataclass(frozen=True)
