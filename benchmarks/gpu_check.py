@@ -167,7 +167,7 @@ def stage_two(args: argparse.Namespace, dataset: Path, root: Path, device: torch
 
     from mlpl.stages.train.stream import StreamCfg
 
-    stream = StreamCfg(image_size=size, batch_size=batch, workers=Trainer(cfg).workers,
+    stream = StreamCfg(image_size=size, batch_size=batch, workers=args.workers,
                        pin_memory=device.type == "cuda")
     obs = np.zeros((ds.meta.splits["train"], ds.meta.num_classes), dtype=np.int8)
     start, images = time.perf_counter(), 0
