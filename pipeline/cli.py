@@ -6,7 +6,16 @@ from __future__ import annotations
 import logging
 
 from mlpl.app import app
-from mlpl.commands import demo, deploy, methods, precompute, prepare, report, train  # noqa: F401  (each registers its commands)
+from mlpl.commands import (  # noqa: F401  (each registers its commands)
+    backbones,
+    demo,
+    deploy,
+    methods,
+    precompute,
+    prepare,
+    report,
+    train,
+)
 from mlpl.errors import reported_failures
 
 __all__ = ["app", "main"]

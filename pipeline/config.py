@@ -37,6 +37,7 @@ def _check_types(d: dict[str, Any], where: str) -> None:
             "str": isinstance(v, str),
             "dict[str, Any]": isinstance(v, dict),
             "str | None": v is None or isinstance(v, str),
+            "int | None": v is None or (isinstance(v, int) and not isinstance(v, bool)),
         }.get(ftype, True)
         if not ok:
             raise InputError(f"{where}: key {k!r} must be {ftype}, got {v!r}")
@@ -155,6 +156,9 @@ def resolve_train_cfg(
         d = _merge(d, user.get("dataset", {}).get(family, {}), f"{preset_file} [dataset.{family}]")
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
     cfg = TrainCfg(method=method, dataset=dataset, out=out, family=family, **d)
+    data = cfg.data_cfg()  # recorded resolved: the backbone's own input config under the overrides
+    cfg = dataclasses.replace(cfg, image_size=data.image_size, mean=data.mean, std=data.std,
+                              interpolation=data.interpolation)
     if cfg.early_stop not in EARLY_STOP_RULES:
         raise InputError(f"early_stop: {cfg.early_stop!r}; expected one of {sorted(EARLY_STOP_RULES)}")
     if cfg.pseudo_mode not in ("dynamic", "fixed", "accumulated"):

@@ -148,4 +148,9 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: t
     """Settings that differ between a saved run config and this one, except the keys in `ignore` (where things
     are, so that a copied or moved run folder resumes)."""
     keys = sorted((set(saved) | set(current)) - set(ignore))
-    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+    def plain(value: Any) -> Any:  # the JSON tree holds a tuple (a mean, a std) as a list
+        return list(value) if isinstance(value, tuple) else value
+
+    return [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys
+            if plain(saved.get(k)) != plain(current.get(k))]

@@ -14,7 +14,7 @@ from mlpl.stages.train.heads.mime import MimeHead, MimeHeadCfg, sine_position_em
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
 from mlpl.stages.train.losses import EpochState
 from mlpl.stages.train.losses.mime import gaussian_kl
-from mlpl.stages.train.models import BACKBONES, HeadOutput, create_classifier, create_head_cfg, param_groups
+from mlpl.stages.train.models import HeadOutput, create_classifier, create_head_cfg, param_groups
 from mlpl.stages.train.optim import create_optimizer
 
 from tests.conftest import run_cli
@@ -83,14 +83,28 @@ def test_classifier_with_the_mime_head_on_a_feature_map() -> None:
 def test_mime_head_on_a_backbone_without_feature_map(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    pooled = dataclasses.replace(BACKBONES.get("small-cnn"), name="pooled-only", feature_map=False)
-    monkeypatch.setitem(BACKBONES._entries, "pooled-only", pooled)
-    with pytest.raises(InputError, match=r"--head mime: needs a backbone with a spatial feature map; --backbone "
-                                         r"'pooled-only' gives pooled features only\. Backbones with a feature "
-                                         r"map: \['resnet18', 'resnet50', 'small-cnn'\]"):
-        create_classifier("pooled-only", 3, pretrained=False, head="mime")
-    create_classifier("pooled-only", 3, pretrained=False, head="linear")  # other heads pool anyway
-    with pytest.raises(InputError, match=r"got shape \(2, 4\)\. Backbones with a feature map: \['resnet18'"):
+    from mlpl.stages.train.backbones import BACKBONE_FAMILIES, Backbone
+    from mlpl.stages.train.backbones.timm_models import unsupported_map
+
+    class PooledOnly(Backbone):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise unsupported_map("pooled-only", (x.shape[0], 4))
+
+        def pooled(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x.mean(dim=(2, 3)))
+
+    family = dataclasses.replace(BACKBONE_FAMILIES.get("mlpl"), name="pooled", list_models=lambda: ["pooled-only"],
+                                 is_model=lambda model: model == "pooled-only", build=lambda model, size: PooledOnly())
+    monkeypatch.setitem(BACKBONE_FAMILIES._entries, "pooled", family)
+    with pytest.raises(InputError, match=r"--head mime: backbone 'pooled-only' gives features of shape \[1, 4\], "
+                                         r"not the feature map \[B, D, h, w\] this head reads; backbones with maps"):
+        create_classifier("pooled-only", 3, pretrained=False, head="mime", image_size=32)
+    create_classifier("pooled-only", 3, pretrained=False, head="linear", image_size=32)  # linear reads pooled
+    with pytest.raises(InputError, match=r"got shape \(2, 4\)\. Backbones with a feature map: CNNs"):
         _tiny_head()(torch.zeros(2, 4))  # pooled features reaching the head at run time
 
 

@@ -108,7 +108,7 @@ def demo(
     for row in rows:
         if row["seed"] == 0:
             cfg, model, ds = load_run_model(Path(row["run"]))
-            stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=resolve_workers(cfg.workers))
+            stream = StreamCfg.of(cfg.data_cfg(), batch_size=64, workers=resolve_workers(cfg.workers))
             _, probs, full = predict(model, ds, "test", stream, torch.device("cpu"))
             curves[row["method"]] = (probs, full)
     plot = plot_probability_distributions(curves, out / "probabilities")[0]

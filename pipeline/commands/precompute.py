@@ -114,13 +114,22 @@ def inspect_store(
 
 
 @teacher_app.command("list")
-def teacher_list() -> None:
-    """List the built-in teachers (any open_clip model name works too)."""
-    from mlpl.stages.precompute.teacher import TEACHERS
+def teacher_list(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter on model names, e.g. 'ViT-L-*'.")] = "*",
+    cached: Annotated[bool, typer.Option("--cached", help="Only weights present in the local cache.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="open_clip download cache (default: its own).")] = None,
+) -> None:
+    """List the built-in teachers and open_clip's models and tags, marking the weights in the local cache."""
+    from mlpl.stages.precompute.teacher import TEACHERS, list_teacher_weights
 
     for info in TEACHERS:
-        typer.echo(f"{info.name:10s} {info.description}  [{info.reference}]")
-    typer.echo("and any open_clip model by name, e.g. --model ViT-B-16 --pretrained openai")
+        typer.echo(f"{info.name:36s} {'(built in)':40s} {info.description}")
+    rows = list_teacher_weights(pattern, str(cache_dir) if cache_dir else None)
+    for model, tag, path in rows:
+        if path or not cached:
+            typer.echo(f"{model:36s} {tag or '-':40s} {'cached ' + path if path else 'not cached'}")
+    typer.echo(f"{sum(1 for *_, p in rows if p)} of {len(rows)} open_clip weights cached. Use --model MODEL "
+               "--pretrained TAG, or --model hf-hub:ORG/NAME for an open_clip repository on the Hugging Face hub")
 
 
 @teacher_app.command("fit")

@@ -27,12 +27,21 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Batch size per process.")] = None,
     lr: Annotated[float | None, typer.Option(help="Backbone learning rate.")] = None,
     head_lr_mult: Annotated[float | None, typer.Option(help="Head learning-rate multiplier.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Backbone: resnet50, resnet18, small-cnn.")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone: resnet50 (default), resnet18, small-cnn, timm:NAME (any timm model), open_clip:MODEL[@TAG] "
+             "(a CLIP image tower); `mlpl backbones` lists them.")] = None,
     head: Annotated[str | None, typer.Option(
         help="Classifier head: linear or boostlu (default: the method's); combines with any method.")] = None,
-    backbone_weights: Annotated[Path | None, typer.Option(help="Local ImageNet weights file.")] = None,
-    pretrained: Annotated[bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet init.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input side in pixels.")] = None,
+    backbone_weights: Annotated[Path | None, typer.Option(
+        help="Local backbone weights: .safetensors, .pth/.pt/.bin (tensors only, optionally wrapped as "
+             "{'state_dict': ...} or {'model': ...}).")] = None,
+    pretrained: Annotated[bool | None, typer.Option(
+        "--pretrained/--no-pretrained", help="The backbone library's own pretrained weights (from its local "
+                                             "cache), or random initialisation.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side in pixels (default: the backbone's).")] = None,
+    mean: Annotated[str | None, typer.Option(
+        help="Normalisation mean R,G,B of [0, 1] images (default: the backbone's).")] = None,
+    std: Annotated[str | None, typer.Option(help="Normalisation std R,G,B (default: the backbone's).")] = None,
     pseudo: Annotated[str | None, typer.Option(help="Pseudo-labeller: damp, vlpl, random, none.")] = None,
     pseudo_mode: Annotated[str | None, typer.Option(help="dynamic, fixed or accumulated.")] = None,
     workers: Annotated[str | None, typer.Option(
@@ -47,6 +56,7 @@ def train(
     """Train a classifier with a method preset; resumes from `last.pt` if the run folder has one."""
     from mlpl.config import resolve_train_cfg
     from mlpl.schemas.dataset import DatasetMeta
+    from mlpl.stages.train.datacfg import parse_channels
     from mlpl.stages.train.loop import Trainer
 
     if out is not None:
@@ -61,6 +71,8 @@ def train(
         "backbone_weights": str(backbone_weights) if backbone_weights else None, "pretrained": pretrained,
         "image_size": image_size, "pseudo": pseudo, "pseudo_mode": pseudo_mode, "seed": seed,
         "workers": workers_option(workers), "device": device, "max_batches": max_batches,
+        "mean": parse_channels(mean, "--mean") if mean is not None else None,
+        "std": parse_channels(std, "--std") if std is not None else None,
     }
     cfg = resolve_train_cfg(method, str(ds_dir.resolve()), meta.name, str(out), preset, overrides, meta.family)
     online = None

@@ -52,15 +52,15 @@ def resize_pixels(image: torch.Tensor, size: int, interpolation: str = "bilinear
 
 def _meta_from_config(run: Path, dataset: Path | None) -> ModelMeta:
     """Metadata of a run whose weights predate it: from its config.toml and its dataset's class names."""
-    from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD
     from mlpl.stages.train.predict import read_run_cfg, run_dataset
 
     cfg = read_run_cfg(run)
     ds = run_dataset(run, cfg, dataset)
-    return ModelMeta(classes=ds.meta.classes, image_size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                     interpolation="bilinear", backbone=cfg.backbone, head=cfg.head, head_params=dict(cfg.head_params),
-                     family=cfg.family, threshold=cfg.threshold, method=cfg.method, dataset=ds.meta.name,
-                     dataset_fingerprint=ds.meta.fingerprint)
+    data = cfg.data_cfg()  # a config.toml without the resolved input config: the backbone's own
+    return ModelMeta(classes=ds.meta.classes, image_size=data.image_size, mean=data.mean, std=data.std,
+                     interpolation=data.interpolation, backbone=cfg.backbone, head=cfg.head,
+                     head_params=dict(cfg.head_params), family=cfg.family, threshold=cfg.threshold, method=cfg.method,
+                     dataset=ds.meta.name, dataset_fingerprint=ds.meta.fingerprint)
 
 
 @dataclass
@@ -168,7 +168,7 @@ def load_run(run: Path, device: str | None = "cpu", dataset: Path | None = None)
         raise InputError(f"{weights}: missing; expected a run folder written by `mlpl train` (with its best weights)")
     meta = run_schema.read_model_meta(weights) or _meta_from_config(run, dataset)
     classifier, _ = create_classifier(meta.backbone, len(meta.classes), pretrained=False, head=meta.head,
-                                      head_params=meta.head_params, family=meta.family)
+                                      head_params=meta.head_params, family=meta.family, image_size=meta.image_size)
     try:
         classifier.load_state_dict(load_file(str(weights)))
     except RuntimeError as e:

@@ -49,7 +49,7 @@ def val_f1_thresholds(run: Path, dataset: Path | None = None, workers: int = 0) 
     if not ds.meta.splits.get("val"):
         raise InputError(f"--thresholds {VAL_F1}: dataset {ds.meta.name!r} of run {run} has no val split to choose "
                          "thresholds on; pass --threshold T")
-    stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=workers)
+    stream = StreamCfg.of(cfg.data_cfg(), batch_size=cfg.batch_size, workers=workers)
     _, probs, full = predict(model, ds, "val", stream, torch.device("cpu"))
     thresholds, f1 = f1_thresholds(probs, full, cfg.threshold)
     record = {

@@ -3,9 +3,12 @@
 
 Weights come from `--pretrained`: an open_clip tag (read from open_clip's own cache: the Hugging Face
 hub cache, or `~/.cache/clip` for URL-only tags), a local weights file, or a local open_clip model
-folder (`open_clip_config.json` + weights); `random` builds randomly initialised weights (seeded; for
-timing only). Everything is resolved to a local file *before* a model is built, so that offline with
-nothing cached the command fails before any work, naming the file it looked for and how to get it.
+folder (`open_clip_config.json` + weights); `--model hf-hub:ORG/NAME` is a Hugging Face repository
+holding both (read from the Hugging Face cache and passed to open_clip unchanged as a model folder);
+`random` builds randomly initialised weights (seeded; for timing only). Everything is resolved to a
+local file *before* a model is built, so that offline with nothing cached the command fails before
+any work, naming the file it looked for and how to get it; whether a download may be tried at all is
+decided once (`mlpl.stages.hub`), so a missing network costs seconds, not a minute of retries.
 Tags that were trained with QuickGELU (e.g. `ViT-B-16` + `openai`) get `force_quick_gelu`.
 
 The model is always built by `open_clip.create_model` (a built-in or registered config name with
@@ -15,7 +18,6 @@ model folder share one loading path.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -27,6 +29,14 @@ from typing import Any
 
 import torch
 from mlpl.schemas.errors import InputError
+from mlpl.stages.hub import (
+    hf_endpoint,
+    may_download,
+    open_clip_hub_folder,
+    open_clip_tag_candidates,
+    open_clip_tag_hint,
+    sha256_file,
+)
 from mlpl.stages.precompute.text_noise import TextNoiseCfg, apply_text_noise
 from mlpl.stages.registry import Registry
 from mlpl.stages.runtime import pick_device
@@ -148,20 +158,6 @@ class WeightsSource:
     force_quick_gelu: bool = False
 
 
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def is_offline() -> bool:
-    """True when downloads are switched off (HF_HUB_OFFLINE or MLPL_OFFLINE set to 1/true/yes/on)."""
-    flags = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "MLPL_OFFLINE"))
-    return any(v in ("1", "true", "yes", "on") for v in flags)
-
-
 def _folder_weights(folder: Path) -> Path | None:
     for name in _FOLDER_WEIGHTS:
         if (folder / name).is_file():
@@ -187,60 +183,6 @@ def _resolve_folder(folder: Path, option: str) -> WeightsSource:
     return WeightsSource("folder", f"local-dir:{folder.resolve()}", None, record)
 
 
-def _hub_file(hub: str) -> tuple[str, str]:
-    """open_clip's reading of an `hf_hub` entry: 'org/repo/' (default file) or 'org/repo/file'."""
-    from open_clip.constants import HF_WEIGHTS_NAME
-
-    repo, filename = os.path.split(hub)
-    return repo, filename or HF_WEIGHTS_NAME
-
-
-def _safe_alternatives(filename: str) -> list[str]:
-    """The safetensors files open_clip tries before `filename` (as `pretrained._get_safe_alternatives`)."""
-    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-
-    if filename == HF_WEIGHTS_NAME:
-        return [HF_SAFE_WEIGHTS_NAME]
-    if filename.endswith((".bin", ".pth")):
-        return [filename[:-4] + ".safetensors"]
-    return []
-
-
-def _tag_candidates(pcfg: dict[str, Any], cache_dir: str | None) -> list[tuple[str, str | None]]:
-    """(description, cached path or None) for every place open_clip would read the tag's weights from."""
-    out: list[tuple[str, str | None]] = []
-    if pcfg.get("file"):
-        out.append((pcfg["file"], pcfg["file"] if os.path.isfile(pcfg["file"]) else None))
-    hub = pcfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = _hub_file(hub)
-        for name in _safe_alternatives(filename) + [filename]:
-            got = try_to_load_from_cache(repo_id=repo, filename=name, cache_dir=cache_dir)
-            out.append((f"hf-hub {repo}/{name}", got if isinstance(got, str) else None))
-    url = pcfg.get("url", "")
-    if url:
-        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
-        out.append((target, target if os.path.isfile(target) else None))
-    return out
-
-
-def _how_to_get(model: str, tag: str, pcfg: dict[str, Any]) -> str:
-    hub = pcfg.get("hf_hub", "")
-    steps = []
-    if hub:
-        repo, filename = _hub_file(hub)
-        steps.append(f"`huggingface-cli download {repo} {filename}` (fills the Hugging Face cache)")
-    if pcfg.get("url"):
-        steps.append(f"download {pcfg['url']} into ~/.cache/clip/")
-    steps.append(f"`python -c \"import open_clip; open_clip.create_model('{model}', pretrained='{tag}')\"`")
-    return (
-        "on a machine with network run " + " or ".join(steps)
-        + ", or pass --pretrained PATH to a local weights file or open_clip model folder"
-    )
-
-
 def _resolve_tag(model: str, tag: str, cache_dir: str | None) -> WeightsSource:
     import open_clip
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
@@ -254,23 +196,26 @@ def _resolve_tag(model: str, tag: str, cache_dir: str | None) -> WeightsSource:
     for key in ("mean", "std", "interpolation"):
         if key in pcfg:
             record[key] = list(pcfg[key]) if isinstance(pcfg[key], tuple) else pcfg[key]
-    candidates = _tag_candidates(pcfg, cache_dir)
+    candidates = open_clip_tag_candidates(pcfg, cache_dir)
     for _, path in candidates:
         if path:
             return WeightsSource("tag", model, path, record, quick)
     looked = "; ".join(desc for desc, _ in candidates) or "(the tag names no file)"
-    if is_offline():
+    how = f"{open_clip_tag_hint(model, tag, pcfg)}, or pass --pretrained PATH to a local weights file or model folder"
+    source = hf_endpoint() if pcfg.get("hf_hub") else pcfg.get("url", "")
+    if not source or not may_download(source):
+        # decided once: no minute of library retries, one message
         raise InputError(
-            f"--pretrained {tag}: weights of {model} are not in the cache and downloads are off "
-            f"(HF_HUB_OFFLINE/MLPL_OFFLINE); looked for {looked}. To get them, {_how_to_get(model, tag, pcfg)}"
-        )
+            f"--pretrained {tag}: weights of {model} are not in the cache and no download is possible (offline: "
+            f"HF_HUB_OFFLINE/MLPL_OFFLINE set, or the host does not answer); looked for {looked}. To get them, {how}")
     log.info("downloading %s weights %r (%s)", model, tag, record["source"])
     try:
-        path = download_pretrained(pcfg, cache_dir=cache_dir)
+        with _quiet_open_clip():
+            path = download_pretrained(pcfg, cache_dir=cache_dir)
     except Exception as e:  # network errors come in many types
         raise InputError(
             f"--pretrained {tag}: weights of {model} are not cached and the download failed "
-            f"({e.__class__.__name__}: {e}); looked for {looked}. To get them, {_how_to_get(model, tag, pcfg)} "
+            f"({e.__class__.__name__}: {e}); looked for {looked}. To get them, {how} "
             "(HF_HUB_OFFLINE=1 skips the download attempt)"
         ) from None
     if not path or not os.path.isfile(path):
@@ -297,6 +242,15 @@ def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
         folder = digits_teacher.ensure_digits_teacher(root)
         src = _resolve_folder(folder, "--model digits")
         return WeightsSource("builtin", src.model_name, None, {**src.record, "kind": "builtin", "name": model})
+    if pretrained and pretrained.startswith("hf-hub:"):
+        raise InputError(f"--pretrained {pretrained}: a Hugging Face repository holds a model's config and weights "
+                         f"together; pass it as --model {pretrained} (without --pretrained)")
+    if model.startswith("hf-hub:"):
+        if pretrained is not None:
+            raise InputError(f"--pretrained {pretrained!r}: --model {model} brings its own weights; drop --pretrained")
+        repo = model.removeprefix("hf-hub:")
+        src = _resolve_folder(open_clip_hub_folder(repo, "--model", cfg.cache_dir), "--model")
+        return WeightsSource("folder", src.model_name, None, {**src.record, "kind": "hf-hub", "repo": repo})
     if model.startswith("local-dir:") or (os.sep in model and Path(model).exists()):
         folder = Path(model.removeprefix("local-dir:"))
         if not folder.is_dir():
@@ -490,3 +444,33 @@ def class_text_embeddings(
     finally:
         torch.set_num_threads(threads)
     return emb, prompts
+
+
+def list_teacher_weights(pattern: str = "*", cache_dir: str | None = None) -> list[tuple[str, str, str | None]]:
+    """(model, tag or '', cached file or None) for every open_clip model/tag matching `pattern`, then every
+    `hf-hub:` repository in the Hugging Face cache that holds an open_clip model (looks at local files only)."""
+    import fnmatch
+
+    import open_clip
+    from mlpl.stages.hub import OPEN_CLIP_HUB_CONFIG, open_clip_tag_cached
+
+    rows: list[tuple[str, str, str | None]] = []
+    tagged = set()
+    for model, tag in open_clip.list_pretrained():
+        if fnmatch.fnmatch(model, pattern):
+            rows.append((model, tag, open_clip_tag_cached(model, tag, cache_dir)))
+            tagged.add(model)
+    rows += [(model, "", None) for model in open_clip.list_models() if model not in tagged
+             and fnmatch.fnmatch(model, pattern)]
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = scan_cache_dir(cache_dir).repos
+    except Exception:  # no cache folder yet, or one the scanner cannot read: nothing cached to list
+        repos = frozenset()
+    for repo in sorted(repos, key=lambda r: r.repo_id):
+        name = f"hf-hub:{repo.repo_id}"
+        files = {f.file_name: f.file_path for rev in repo.revisions for f in rev.files}
+        if OPEN_CLIP_HUB_CONFIG in files and fnmatch.fnmatch(name, pattern):
+            rows.append((name, "", str(files[OPEN_CLIP_HUB_CONFIG].parent)))
+    return rows

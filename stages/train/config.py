@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlpl.schemas.errors import check_range
+from mlpl.stages.train.datacfg import DataCfg
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,12 @@ class TrainCfg:
     label_state_params: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True
     backbone_weights: str | None = None
-    image_size: int = 448
+    # the backbone's input (mlpl.stages.train.datacfg.DataCfg): None takes the backbone's own pretrained config;
+    # `resolve_train_cfg` fills them in, so a run's config.toml records what was used
+    image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str | None = None
     threshold: float = 0.5
     early_stop: str = "none"  # gr | em | ll | none (docs/methods.md §1.6)
     workers: int | str = "auto"  # DataLoader workers; 'auto': this process's cores minus one
@@ -47,8 +53,19 @@ class TrainCfg:
     max_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)
 
     def __post_init__(self) -> None:
+        for key in ("mean", "std"):  # a config.toml gives lists
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         for name, bounds in TRAIN_RANGES.items():
-            check_range(name, getattr(self, name), **bounds)
+            if getattr(self, name) is not None:  # image_size None: the backbone's own
+                check_range(name, getattr(self, name), **bounds)
+
+    def data_cfg(self) -> DataCfg:
+        """The backbone's input config with this run's overrides (the one place the stream and model read)."""
+        from mlpl.stages.train.backbones import get_data_cfg
+
+        return get_data_cfg(self.backbone, image_size=self.image_size, mean=self.mean, std=self.std,
+                            interpolation=self.interpolation)
 
 
 TRAIN_RANGES: dict[str, dict[str, float]] = {

@@ -105,8 +105,9 @@ class Trainer:
         ), self.state_cfg)
         self.accumulated = AccumulatedPseudoLabels(self.n_train, self.ds.meta.num_classes)
         self.quality = PseudoLabelQuality(self.n_train, self.ds.meta.num_classes)
-        self.stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=self.workers,
-                                pin_memory=self.device.type == "cuda")
+        self.data = cfg.data_cfg()  # the backbone's input config: the one place size, mean and std come from
+        self.stream = StreamCfg.of(self.data, batch_size=cfg.batch_size, workers=self.workers,
+                                   pin_memory=self.device.type == "cuda")
 
     def _observed(self) -> np.ndarray:
         obs = self.ds.observations(self.cfg.regime)
@@ -239,10 +240,11 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def run(self) -> run_schema.RunSummary:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / run_schema.CONFIG_TOML).write_text(run_schema.dump_toml(dataclasses.asdict(cfg)))
         seed_everything(cfg.seed)
         parts = build_parts(cfg, self.ds.meta.num_classes, self.device, self.labels, self.world)
+        # written only once the model is built: a bad backbone, head or weights file leaves no run folder behind
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / run_schema.CONFIG_TOML).write_text(run_schema.dump_toml(dataclasses.asdict(cfg)))
         model, opt = parts.model, parts.optimizer
         self.state_params = parts.state_params
         stateful = {"model": model, "optimizer": opt, "accumulated": self.accumulated, "label_state": self.labels,

@@ -36,7 +36,8 @@ def build_parts(cfg: TrainCfg, num_classes: int, device: torch.device, labels: L
     """The classifier on `device`; the optimiser over backbone, head and label-state groups (docs/methods.md §1.5)."""
     model, weights = create_classifier(cfg.backbone, num_classes, pretrained=cfg.pretrained,
                                        weights=Path(cfg.backbone_weights) if cfg.backbone_weights else None,
-                                       head=cfg.head, head_params=cfg.head_params, family=cfg.family)
+                                       head=cfg.head, head_params=cfg.head_params, family=cfg.family,
+                                       image_size=cfg.data_cfg().image_size)
     model.to(device)
     forward: torch.nn.Module = model
     if world > 1:

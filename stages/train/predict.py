@@ -84,7 +84,7 @@ def load_run_model(run: Path, dataset: Path | None = None) -> tuple[TrainCfg, Cl
         raise InputError(f"{weights}: missing; expected a run folder written by `mlpl train`")
     ds = run_dataset(run, cfg, dataset)
     model, _ = create_classifier(cfg.backbone, ds.meta.num_classes, pretrained=False, head=cfg.head,
-                                 head_params=cfg.head_params, family=cfg.family)
+                                 head_params=cfg.head_params, family=cfg.family, image_size=cfg.data_cfg().image_size)
     model.load_state_dict(load_weights(weights))
     return cfg, model, ds
 
@@ -97,7 +97,7 @@ def evaluate_run(run: Path, split: str, threshold: float | None = None,
     cfg, model, ds = load_run_model(run, dataset)
     if not ds.meta.splits.get(split):
         raise InputError(f"--split: dataset {ds.meta.name!r} has no {split} rows")
-    stream = StreamCfg(image_size=cfg.image_size, batch_size=cfg.batch_size, workers=resolve_workers(cfg.workers))
+    stream = StreamCfg.of(cfg.data_cfg(), batch_size=cfg.batch_size, workers=resolve_workers(cfg.workers))
     skipped: dict[str, int] = {}
     _, probs, full = predict(model, ds, split, stream, torch.device("cpu"), skipped=skipped)
     t = cfg.threshold if threshold is None else threshold
@@ -114,6 +114,6 @@ def test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
     cfg, model, ds = load_run_model(Path(run))
     if not ds.meta.splits.get("test"):
         return None
-    stream = StreamCfg(image_size=cfg.image_size, batch_size=64, workers=resolve_workers(cfg.workers))
+    stream = StreamCfg.of(cfg.data_cfg(), batch_size=64, workers=resolve_workers(cfg.workers))
     _, probs, full = predict(model, ds, "test", stream, torch.device("cpu"))
     return probs, full

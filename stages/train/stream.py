@@ -36,6 +36,7 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.shards import ShardCheck, check_shards_exist, raise_shard_error
 from mlpl.stages.pixels import decode_uint8, normalize_uint8, resize_uint8
 from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD
+from mlpl.stages.train.datacfg import DataCfg
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class StreamCfg:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     pin_memory: bool = False  # page-locked batches, for an asynchronous copy to a GPU
+
+    @classmethod
+    def of(cls, data: DataCfg, **settings: Any) -> StreamCfg:
+        """The stream for a backbone's input config: side, filter, mean and std all from `data` (their one source)."""
+        return cls(image_size=data.image_size, interpolation=data.interpolation, mean=data.mean, std=data.std,
+                   **settings)
 
 
 class JoinRows:

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.train.backbones import MAP_BACKBONES
 from mlpl.stages.train.losses.mime import gaussian_kl
-from mlpl.stages.train.models import BACKBONES, HEADS, HeadInfo, HeadOutput
+from mlpl.stages.train.models import HEADS, HeadInfo, HeadOutput
 from torch import nn
 
 
@@ -167,7 +168,7 @@ class MimeHead(nn.Module):
     def posterior(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, σ), each [B, C, z], of the classes' latent codes for a feature map [B, D, h, w]."""
         if feature_map.dim() != 4:
-            supported = [b.name for b in BACKBONES if b.feature_map]
+            supported = "; ".join(MAP_BACKBONES)
             raise InputError(f"--head mime: needs the backbone's spatial feature map [B, D, h, w], got shape "
                              f"{tuple(feature_map.shape)}. Backbones with a feature map: {supported}")
         batch, dim, height, width = feature_map.shape
@@ -210,5 +211,4 @@ HEADS.register(HeadInfo(
     cfg_cls=MimeHeadCfg,
     # the reference uses z = 256 and β = 1e-4 for every dataset (train_mime.py); digits keeps them
     dataset_defaults={name: {"z_dim": 256, "kl_weight": 1e-4} for name in HYPERPARAMETER_DATASETS},
-    needs_feature_map=True,
 ))
