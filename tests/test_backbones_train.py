@@ -67,17 +67,20 @@ def test_stream_uses_the_backbones_mean_and_std_and_a_resume_continues(digits_sm
 
     args = ["train", "--dataset", digits_small, "--backbone", "timm:vit_tiny_patch16_224", "--backbone-weights",
             weights["vit"], "--head", "boostlu", *TINY]
-    seen = []
-    original = loop.Trainer.train_epoch
+    used = []
+    normalise = loop.model_input
 
-    def record_stream(self, *a, **k):
-        seen.append(self.stream.data)
-        return original(self, *a, **k)
+    def record_normalisation(batch, device, mean, std):
+        used.append((tuple(batch["image"].shape[-2:]), mean, std))
+        return normalise(batch, device, mean, std)
 
-    monkeypatch.setattr(loop.Trainer, "train_epoch", record_stream)
+    monkeypatch.setattr(loop, "model_input", record_normalisation)
     assert run_cli([*args, "--out", tmp_path / "ref"]) == 0
-    assert seen[0].mean == seen[0].std == (0.5, 0.5, 0.5)  # timm's data config of the ViT, not ImageNet's
-    assert seen[0] == get_data_cfg("timm:vit_tiny_patch16_224", image_size=32)
+    data = get_data_cfg("timm:vit_tiny_patch16_224", image_size=32)
+    assert data.mean == data.std == (0.5, 0.5, 0.5)  # timm's data config of the ViT, not ImageNet's
+    assert used and set(used) == {((32, 32), data.mean, data.std)}
+    monkeypatch.setattr(loop, "model_input", normalise)
+    original = loop.Trainer.train_epoch
 
     def crash_in_epoch_two(self, model, opt, epoch, *a, **k):
         if epoch == 2:
