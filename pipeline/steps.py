@@ -59,8 +59,14 @@ def prefer_passive_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def default_workers() -> int:
-    """DataLoader workers when --workers is not given: one per spare core, at most 4 (at least 1)."""
+def default_workers(device: str | None = "cpu") -> int:
+    """Stage one's DataLoader workers when --workers is not given: with the teacher on a GPU, every core of this
+    process but the main one's (`--workers auto`: cutting 17 views costs more CPU than the GPU's forward); on the
+    CPU the teacher's threads need the cores, so one per spare core, at most 4 (at least 1)."""
+    from mlpl.stages.runtime import pick_device, resolve_workers
+
+    if pick_device(device).type == "cuda":
+        return max(1, resolve_workers("auto"))
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 

@@ -50,7 +50,9 @@ def precompute_clip(
     noise_seed: Annotated[int, typer.Option(help="Seed of G(·)'s weights.")] = 0,
     keep_embeddings: Annotated[bool, typer.Option(help="Also store the image embeddings (img_emb).")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per teacher forward (each gives 1 + g² views).")] = 32,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default: spare cores, ≤ 4).")] = None,
+    workers: Annotated[str | None, typer.Option(
+        help="DataLoader workers: a count, or 'auto' (this process's cores minus one; the default with a GPU "
+             "teacher, else spare cores, ≤ 4).")] = None,
     precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16, fp16.")] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: cuda if available).")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="open_clip download cache (default: its own).")] = None,
@@ -61,6 +63,7 @@ def precompute_clip(
     from mlpl.schemas.dataset import DatasetMeta
     from mlpl.stages.precompute.run import PrecomputeCfg
     from mlpl.stages.precompute.teacher import TeacherCfg, default_teacher_for
+    from mlpl.stages.runtime import resolve_workers
 
     check_out_folder(out)
     if seeds is not None:
@@ -77,7 +80,8 @@ def precompute_clip(
         dataset=ds_dir, out=out, seeds=tuple(range(seeds)), teacher=teacher, grid=grid, overlap=overlap, flip=flip,
         normalize=normalize, image_size=image_size, interpolation=interpolation, weak_aug=weak_aug,
         noise=text_noise, noise_topk=noise_topk, noise_seed=noise_seed, batch_size=batch_size,
-        workers=steps.default_workers() if workers is None else workers, keep_embeddings=keep_embeddings,
+        workers=steps.default_workers(device) if workers is None else resolve_workers(workers),
+        keep_embeddings=keep_embeddings,
     )
     for line in steps.precompute(cfg):
         typer.echo(line)
