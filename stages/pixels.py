@@ -12,7 +12,9 @@ b0 + s·(i + 0.5) with s = (b1 - b0) / n. torch centres it at s·(j + 0.5) from 
 whole pixel c0. Cutting the input at c0 and dropping the first k outputs gives centres c0 + s·(j + 0.5);
 choosing the whole pixel c0 and k so that c0 + s·k is within `MAX_OFFSET_ERROR` px of b0 (for boxes at the
 image border, exactly) reproduces PIL's sampling positions while the kernel stays torch's (and its
-window clipping stays PIL's: the cut leaves every kept output's filter support inside the input).
+window clipping stays PIL's: the cut leaves every kept output's filter support inside the input). A box that
+starts within a filter's reach of the image's start leaves no room for dropped outputs; PIL's sampling is
+symmetric, so that axis is mirrored, cut from the other end, and mirrored back.
 """
 
 from __future__ import annotations
