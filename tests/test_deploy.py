@@ -208,11 +208,11 @@ def test_bad_predict_and_export_options(trained, pictures, tmp_path, capsys):
 def test_a_moved_run_resumes_with_its_dataset_given_again():
     import dataclasses
 
-    from mlpl.stages.train.checkpoint import same_run
+    from mlpl.stages.train.checkpoint import run_differences
     from mlpl.stages.train.config import TrainCfg
 
     cfg = TrainCfg(method="an", dataset="/old/data", out="/old/run")
     state = {"config": dataclasses.asdict(cfg), "dataset_fingerprint": "abc"}
-    assert same_run(state, dataclasses.replace(cfg, dataset="/new/data", out="/new/run"), "abc")
-    assert not same_run(state, dataclasses.replace(cfg, dataset="/new/data"), "other")  # another dataset
-    assert not same_run(state, dataclasses.replace(cfg, lr=0.5), "abc")  # another configuration
+    assert run_differences(state, dataclasses.replace(cfg, dataset="/new/data", out="/new/run"), "abc") == []
+    assert run_differences(state, dataclasses.replace(cfg, dataset="/new/data"), "other")  # another dataset
+    assert run_differences(state, dataclasses.replace(cfg, lr=0.5), "abc")  # another configuration
