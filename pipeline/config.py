@@ -14,12 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mlpl.schemas.errors import InputError
+from mlpl.stages.families import FamilyInfo, family_entry, family_of_dataset_name, get_family_info, list_families
 from mlpl.stages.train.config import EARLY_STOP_RULES, TrainCfg
-
-# Which hyperparameter family of docs/methods.md a prepared dataset's name belongs to.
-DATASET_FAMILIES = {"voc2007": "voc", "voc2012": "voc", "voc": "voc", "coco": "coco", "coco2014": "coco",
-                    "coco2017": "coco", "nus": "nus", "cub": "cub", "digits": "digits"}
-
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainCfg)}
 _PRESET_KEYS = set(_FIELDS) - {"method", "dataset", "out", "family"}
@@ -62,6 +58,16 @@ def default_seeds(meta: Any) -> int:
     return resolve_train_cfg(DEFAULT_METHOD, "-", meta.name, "-", family=getattr(meta, "family", "")).epochs
 
 
+def _family_table(layer: dict[str, Any], family: FamilyInfo, where: str) -> dict[str, Any]:
+    """A preset's `[dataset.<family>]` table for `family` (its own, else that of `hyperparameters_from`)."""
+    tables = layer.get("dataset", {})
+    unknown = sorted(set(tables) - set(list_families()))
+    if unknown:
+        raise InputError(f"{where}: [dataset.{unknown[0]}] is not a hyperparameter family; expected one of "
+                         f"{list_families()}")
+    return dict(family_entry(tables, family))
+
+
 def list_methods() -> list[str]:
     return sorted(p.name[:-5] for p in (resources.files("mlpl") / "presets").iterdir()
                   if p.name.endswith(".toml") and not p.name.startswith("_"))
@@ -84,7 +90,7 @@ _SHOWN_TRAIN_FIELDS = ("regime", "epochs", "batch_size", "lr", "head_lr_mult", "
 def describe_method(method: str) -> dict[str, Any]:
     """Everything a method binds, resolved per dataset family: training settings and the full typed configs of
     its loss, pseudo-labeller and label state (defaults included), as `mlpl methods` shows them."""
-    from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+    from mlpl.stages.families import HYPERPARAMETER_FAMILIES
     from mlpl.stages.train.labelstate import create_label_state_cfg
     from mlpl.stages.train.losses import create_loss_cfg
     from mlpl.stages.train.models import create_head_cfg
@@ -92,9 +98,8 @@ def describe_method(method: str) -> dict[str, Any]:
 
     preset = read_preset(method)
     families: dict[str, Any] = {}
-    for family in HYPERPARAMETER_DATASETS:
-        name = next(n for n, f in DATASET_FAMILIES.items() if f == family)
-        cfg = resolve_train_cfg(method, "-", name, "-")
+    for family in HYPERPARAMETER_FAMILIES:
+        cfg = resolve_train_cfg(method, "-", "-", "-", family=family)
         families[family] = {
             **{k: getattr(cfg, k) for k in _SHOWN_TRAIN_FIELDS},
             "loss_params": dataclasses.asdict(create_loss_cfg(cfg.loss, family, cfg.loss_params)),
@@ -133,18 +138,15 @@ def resolve_train_cfg(
 ) -> TrainCfg:
     """The run's config; `family` is the dataset's recorded hyperparameter family ("" for datasets that predate
     it: derived from `dataset_name`, and an unknown name is an error, never another dataset's settings)."""
-    if not family:
-        if dataset_name not in DATASET_FAMILIES:
-            raise InputError(f"--dataset: no hyperparameter family recorded for dataset {dataset_name!r} and none "
-                             f"known by its name ({sorted(DATASET_FAMILIES)}); prepare it again with --family")
-        family = DATASET_FAMILIES[dataset_name]
+    info = get_family_info(family or family_of_dataset_name(dataset_name, "--dataset"), option="family")
+    family = info.name
     defaults = tomllib.loads(((resources.files("mlpl") / "presets") / "_defaults.toml").read_text())
     preset = read_preset(method)
     d: dict[str, Any] = {}
     d = _merge(d, defaults, "_defaults.toml")
-    d = _merge(d, defaults.get("dataset", {}).get(family, {}), f"_defaults.toml [dataset.{family}]")
+    d = _merge(d, _family_table(defaults, info, "_defaults.toml"), f"_defaults.toml [dataset.{family}]")
     d = _merge(d, preset, f"{method}.toml")
-    d = _merge(d, preset.get("dataset", {}).get(family, {}), f"{method}.toml [dataset.{family}]")
+    d = _merge(d, _family_table(preset, info, f"{method}.toml"), f"{method}.toml [dataset.{family}]")
     if preset_file is not None:
         try:
             user = tomllib.loads(Path(preset_file).read_text())
@@ -153,7 +155,7 @@ def resolve_train_cfg(
         except tomllib.TOMLDecodeError as e:
             raise InputError(f"--preset: {preset_file} is not valid TOML ({e})") from None
         d = _merge(d, user, str(preset_file))
-        d = _merge(d, user.get("dataset", {}).get(family, {}), f"{preset_file} [dataset.{family}]")
+        d = _merge(d, _family_table(user, info, str(preset_file)), f"{preset_file} [dataset.{family}]")
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
     cfg = TrainCfg(method=method, dataset=dataset, out=out, family=family, **d)
     data = cfg.data_cfg()  # recorded resolved: the backbone's own input config under the overrides

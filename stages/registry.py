@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from mlpl.schemas.errors import InputError
-
-HYPERPARAMETER_DATASETS: tuple[str, ...] = ("voc", "coco", "nus", "cub", "digits")
-"""Dataset families with their own hyperparameters (VOC 2007 and 2012 share `voc`)."""
 
 
 class HasName(Protocol):
@@ -57,47 +53,7 @@ class Registry(Generic[InfoT]):
         return len(self._entries)
 
 
-def build_cfg(
-    cfg_cls: type,
-    what: str,
-    dataset_defaults: Mapping[str, Mapping[str, Any]],
-    dataset: str | None,
-    overrides: Mapping[str, Any],
-) -> Any:
-    """Merge class defaults, per-dataset defaults and overrides into a frozen `cfg_cls`, checking every key.
-
-    Shared by every registry whose entries have a typed config (losses, pseudo-labellers, label states,
-    heads). Values are checked against the field's annotation (int is accepted for float, a list for a
-    tuple); `cfg_cls.__post_init__` checks ranges.
-
-    Raises:
-        InputError: unknown dataset family, unknown key, wrong type, or a per-dataset field left unset.
-    """
-    values: dict[str, Any] = {}
-    if dataset is not None:
-        if dataset not in HYPERPARAMETER_DATASETS:
-            raise InputError(f"{what}: unknown dataset family {dataset!r} for hyperparameters. "
-                             f"Available: {list(HYPERPARAMETER_DATASETS)}")
-        values.update(dataset_defaults.get(dataset, {}))
-    values.update(overrides)
-    hints = typing.get_type_hints(cfg_cls)
-    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise InputError(f"{what}: unknown option(s) {unknown}. Available: {sorted(fields)}")
-    missing = sorted(n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING)
-    if missing:
-        raise InputError(f"{what}: {missing} have no default without a dataset; pass a dataset family "
-                         f"({list(HYPERPARAMETER_DATASETS)}) or set them")
-    checked = {key: _check_type(value, hints[key], f"{what}: option {key!r}") for key, value in values.items()}
-    try:
-        return cfg_cls(**checked)
-    except InputError as error:  # a range check in __post_init__: say whose option it is
-        raise InputError(f"{what}: {error}") from None
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
+def check_type(value: Any, hint: Any, where: str) -> Any:
     """`value` converted to `hint` (int → float, list → tuple) or an `InputError` naming `where`."""
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
@@ -111,7 +67,7 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
                 return None
             if arm is not type(None):
                 try:
-                    return _check_type(value, arm, where)
+                    return check_type(value, arm, where)
                 except InputError:
                     continue
         raise InputError(f"{where} must be {hint}, got {value!r}")
@@ -120,10 +76,10 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{where} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_check_type(v, args[0], where) for v in value)
+            return tuple(check_type(v, args[0], where) for v in value)
         if len(value) != len(args):
             raise InputError(f"{where} must have {len(args)} entries, got {list(value)!r}")
-        return tuple(_check_type(v, a, where) for v, a in zip(value, args))
+        return tuple(check_type(v, a, where) for v, a in zip(value, args))
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 from mlpl.schemas.errors import InputError
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES as HYPERPARAMETER_DATASETS
 from mlpl.stages.train.models import (
     HEADS,
     BoostLUHead,

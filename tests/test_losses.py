@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 from mlpl.schemas.errors import InputError
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES as HYPERPARAMETER_DATASETS
 from mlpl.stages.train.losses import (
-    HYPERPARAMETER_DATASETS,
     LOSSES,
     EpochState,
     create_loss_cfg,

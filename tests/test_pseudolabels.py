@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.accumulate import AccumulatedPseudoLabels
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES as HYPERPARAMETER_DATASETS
 from mlpl.stages.train.losses import EpochState
 from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg, get_pseudolabeller_info
 from mlpl.stages.train.pseudolabels.damp import damp, damp_scores

@@ -27,10 +27,10 @@ def methods(
     training settings and the typed configs of its loss, pseudo-labeller and label state.
     """
     from mlpl.config import describe_method, list_methods_matching
-    from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+    from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 
-    if dataset is not None and dataset not in HYPERPARAMETER_DATASETS:
-        raise InputError(f"--dataset: unknown family {dataset!r}. Available: {list(HYPERPARAMETER_DATASETS)}")
+    if dataset is not None and dataset not in HYPERPARAMETER_FAMILIES:
+        raise InputError(f"--dataset: unknown family {dataset!r}. Available: {list(HYPERPARAMETER_FAMILIES)}")
     names = list_methods_matching(pattern)
     if not names:
         raise InputError(f"no method matches {pattern!r}; `mlpl methods` lists them all")

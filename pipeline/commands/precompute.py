@@ -24,7 +24,8 @@ def precompute_clip(
     seeds: Annotated[int | None, typer.Option(
         help="Augment seeds S (seeds 0..S-1; one per training epoch; default: the epochs of the dataset "
              "family's default method, so dynamic pseudo-labels see a new seed every epoch).")] = None,
-    grid: Annotated[int | None, typer.Option(help="Tiles per side g (default: digits 3, cub 5, else 4).")] = None,
+    grid: Annotated[int | None, typer.Option(
+        help="Tiles per side g (default: the dataset family's: 4, CUB 5, digits 3).")] = None,
     overlap: Annotated[float, typer.Option(help="r_max: tile overlap r ~ U(0, r_max) per tile and axis.")] = 0.2,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip per view.")] = True,
     normalize: Annotated[str, typer.Option(help="View normalisation: clip or imagenet.")] = "clip",
@@ -46,7 +47,7 @@ def precompute_clip(
     text_noise: Annotated[
         bool, typer.Option("--text-noise/--no-text-noise", help="Text-embedding noise G(·) (docs/methods.md §4.2).")
     ] = False,
-    noise_topk: Annotated[int | None, typer.Option(help="G(·) adjacency top-k (default per dataset).")] = None,
+    noise_topk: Annotated[int | None, typer.Option(help="G(·) adjacency top-k (default: the family's).")] = None,
     noise_seed: Annotated[int, typer.Option(help="Seed of G(·)'s weights.")] = 0,
     keep_embeddings: Annotated[bool, typer.Option(help="Also store the image embeddings (img_emb).")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per teacher forward (each gives 1 + g² views).")] = 32,

@@ -28,10 +28,11 @@ from mlpl.schemas.dataset import PreparedDataset, open_dataset
 from mlpl.schemas.errors import InputError, check_range
 from mlpl.schemas.shards import check_shards_exist
 from mlpl.schemas.store import Store, StoreAttrs, open_store
+from mlpl.stages.families import dataset_family
 from mlpl.stages.precompute.store_writer import open_or_create_store, scan_corrupt_rows, write_task
 from mlpl.stages.precompute.tasks import Task, train_tasks
 from mlpl.stages.precompute.teacher import TeacherCfg
-from mlpl.stages.precompute.text_noise import NOISE_TOPK, TextNoiseCfg
+from mlpl.stages.precompute.text_noise import TextNoiseCfg
 from mlpl.stages.precompute.view_stream import ViewStream
 from mlpl.stages.precompute.views import ViewCfg, normalize_views
 from mlpl.stages.runtime import NORMALIZATIONS, DistInfo, barrier, init_distributed, rank0_first, shutdown_distributed
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 PHASE = "precompute-clip"
-DEFAULT_GRID = {"digits": 3, "cub": 5}  # docs/methods.md §4.1: g = 4, CUB 5; digits: its 3×3 cell layout
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class PrecomputeCfg:
         out: the store folder (created, or resumed when it exists with the same settings).
         seeds: the augment seeds e (one per training epoch).
         teacher: which teacher and weights.
-        grid: g; None: 3 for digits, 5 for CUB, else 4.
+        grid: g; None: the generated world's cell layout, else the family's (stages/families.py).
         overlap: r_max.
         flip: random horizontal flip per view.
         normalize: 'clip' or 'imagenet'.
@@ -62,7 +62,7 @@ class PrecomputeCfg:
         interpolation: resize filter; None: the teacher's.
         weak_aug: the weak augmentation T(·).
         noise: apply the text-embedding noise G(·).
-        noise_topk: top-k of G(·)'s adjacency; None: docs/methods.md's per-dataset k, else all classes.
+        noise_topk: top-k of G(·)'s adjacency; None: the family's k (docs/methods.md §4.2), else all classes.
         noise_seed: seed of G(·)'s weights.
         batch_size: images per teacher forward pass (each contributes V views).
         workers: DataLoader worker processes (0: decode in the main process).
@@ -127,8 +127,9 @@ class PrecomputeReport:
 
 def resolve_view_cfg(cfg: PrecomputeCfg, dataset: PreparedDataset, teacher: Any) -> ViewCfg:
     """Fill the view settings left to the dataset (grid) and the teacher (size, interpolation)."""
-    name = dataset.meta.name
-    grid = cfg.grid if cfg.grid is not None else int(dataset.meta.source.get("cells", DEFAULT_GRID.get(name, 4)))
+    grid, source = cfg.grid, dataset.meta.source
+    if grid is None:  # a generated world records its cell layout; otherwise the family's g (docs/methods.md §4.1)
+        grid = int(source["cells"]) if "cells" in source else dataset_family(dataset.meta).grid
     mean, std = NORMALIZATIONS[cfg.normalize]
     other_mean = bool(teacher.mean) and not np.allclose(teacher.mean, mean, atol=1e-4)
     other_std = bool(teacher.std) and not np.allclose(teacher.std, std, atol=1e-4)
@@ -147,7 +148,7 @@ def resolve_noise_cfg(cfg: PrecomputeCfg, dataset: PreparedDataset) -> TextNoise
         if cfg.noise_topk is not None:
             raise InputError("--noise-topk given without --text-noise")
         return None
-    topk = cfg.noise_topk or NOISE_TOPK.get(dataset.meta.name, dataset.meta.num_classes)
+    topk = cfg.noise_topk or dataset_family(dataset.meta).noise_topk or dataset.meta.num_classes
     return TextNoiseCfg(topk=topk, seed=cfg.noise_seed)
 
 

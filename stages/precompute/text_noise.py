@@ -14,9 +14,6 @@ from typing import Any
 import torch
 from mlpl.schemas.errors import InputError
 
-# docs/methods.md §4.2 top-k per dataset; other datasets default to all classes
-NOISE_TOPK = {"voc": 20, "coco": 62, "nus": 50, "cub": 312}
-
 
 @dataclass(frozen=True)
 class TextNoiseCfg:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from mlpl.schemas.dataset import SHARDS_DIR, PreparedDataset, row_key, validate
 from mlpl.schemas.errors import InputError
+from mlpl.stages.families import family_of_dataset_name, get_family_info
 from mlpl.stages.prepare.sources import load_classnames
 from mlpl.stages.prepare.writer import VAL_FRACTION
 
@@ -37,7 +38,7 @@ class DataCard:
     class_names: tuple[str, ...]
     class_list: str  # shipped class-list file ("" when the names are given inline)
     splits: dict[str, int]  # train / val / test after the hold-out
-    expected_positives: float  # m: mean positives per image over the official train split (train ∪ val)
+    expected_positives: float  # m: mean positives per image over train ∪ val (default: the family's m)
     positives_tolerance: float
     positives: dict[str, int] = field(default_factory=dict)  # optional exact positive labels per split
 
@@ -46,7 +47,7 @@ _KEYS = {
     "name", "dataset", "classes", "class_list", "class_names", "train", "val", "test",
     "expected_positives", "positives_tolerance", "positives_train", "positives_val", "positives_test",
 }
-_REQUIRED = ("name", "dataset", "classes", "train", "val", "test", "expected_positives")
+_REQUIRED = ("name", "dataset", "classes", "train", "val", "test")
 
 
 def parse_card_fields(text: str, path: Path) -> dict[str, str]:
@@ -97,7 +98,9 @@ def read_card(path: Path) -> DataCard:
         class_names=names,
         class_list=fields.get("class_list", ""),
         splits={s: int(number(s)) for s in SPLIT_NAMES},
-        expected_positives=float(number("expected_positives", float)),
+        # m: the card's own measured value when it gives one (the digits world's exact mean), else its family's
+        expected_positives=float(number("expected_positives", float)) if "expected_positives" in fields else
+        get_family_info(family_of_dataset_name(fields["name"], str(path))).expected_positives,
         positives_tolerance=float(number("positives_tolerance", float)) if "positives_tolerance" in fields else 0.05,
         positives={s: int(number(f"positives_{s}")) for s in SPLIT_NAMES if f"positives_{s}" in fields},
     )

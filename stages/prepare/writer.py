@@ -35,6 +35,7 @@ from mlpl.schemas.dataset import (
 from mlpl.schemas.errors import InputError, naming_path
 from mlpl.schemas.images import DECODE_ERRORS, UPRIGHT, decode_rgb, exif_orientation
 from mlpl.schemas.labels import SPLITS
+from mlpl.stages.families import family_of_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,10 @@ def write_prepared(
             log.warning("%d images carry an EXIF orientation other than upright; their pixels are used as stored "
                         "(EXIF orientation is ignored in both stages, see schemas/images.py)", report.exif_rotated)
         src["exif_orientation"] = {"rule": "ignored", "images_not_upright": report.exif_rotated}
+        fields = meta_fields(table) if meta_fields is not None else {}
+        # every converter records its hyperparameter family; a known dataset's comes from the family registry
+        if "family" not in fields:
+            fields["family"] = family_of_dataset_name(name, f"--dataset {name}")
         meta = DatasetMeta(
             name=name,
             classes=classes,
@@ -213,7 +218,7 @@ def write_prepared(
             image_ext=exts[0] if len(exts) == 1 else "mixed",
             rows_per_shard=rows_per_shard,
             source=src,
-            **(meta_fields(table) if meta_fields is not None else {}),
+            **fields,
         )
         if after_write is not None:
             after_write(tmp, meta, table)

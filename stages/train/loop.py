@@ -18,6 +18,7 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import Store, check_matches_dataset, open_store
 from mlpl.stages.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
+from mlpl.stages.families import family_info
 from mlpl.stages.runtime import (
     cores_per_process,
     init_distributed,
@@ -77,10 +78,12 @@ class Trainer:
         self.unknown_train = self.ds.labels.describe_unknown(np.arange(start, stop))
         self.has_val = self.ds.meta.splits.get("val", 0) > 0
         self.observed = self._observed()
+        # the family's per-family defaults, with the dataset's own measured m where dataset.json records one
+        self.family = family_info(cfg.family, self.ds.meta.expected_positives)
         self.loss_info = get_loss_info(cfg.loss)
-        self.loss_cfg = create_loss_cfg(cfg.loss, cfg.family, cfg.loss_params)
+        self.loss_cfg = create_loss_cfg(cfg.loss, self.family, cfg.loss_params)
         self.pseudo_info = PSEUDOLABELLERS.get(cfg.pseudo, option="--pseudo")
-        self.pseudo_cfg = create_pseudo_cfg(cfg.pseudo, cfg.family, cfg.pseudo_params)
+        self.pseudo_cfg = create_pseudo_cfg(cfg.pseudo, self.family, cfg.pseudo_params)
         self.state_info = get_label_state_info(cfg.label_state)
         if self.loss_info.needs_pseudo and cfg.pseudo == "none":
             raise InputError(f"--pseudo none: loss {cfg.loss!r} of method {cfg.method!r} needs pseudo-labels "
@@ -95,10 +98,10 @@ class Trainer:
             raise InputError(f"--head {cfg.head}: loss {cfg.loss!r} of method {cfg.method!r} reads the head's "
                              f"outputs {missing}, which head {cfg.head!r} does not give; use --head {heads}")
         get_optimizer_info(cfg.optimizer)
-        self.state_cfg = create_label_state_cfg(cfg.label_state, cfg.family, cfg.label_state_params)
+        self.state_cfg = create_label_state_cfg(cfg.label_state, self.family, cfg.label_state_params)
         self.store = self._store()
         self.labels = self.state_info.create(LabelStateContext(
-            observed=self.observed, family=cfg.family, seed=cfg.seed, device=self.device,
+            observed=self.observed, family=self.family, seed=cfg.seed, device=self.device,
             read_sims=self._sims_reader() if self.store is not None else None,
             store_attrs=self.store.attrs.to_dict() if self.store is not None else None, num_epochs=cfg.epochs,
             store_path=str(self.store.path) if self.store is not None else None,

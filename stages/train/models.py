@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import torch
 from mlpl.schemas.errors import InputError
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS, Registry, build_cfg
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES, FamilyInfo, build_cfg, check_family_table
+from mlpl.stages.registry import Registry
 from mlpl.stages.train.backbones import Backbone, create_backbone, get_data_cfg
 from torch import nn
 
@@ -48,9 +49,12 @@ class HeadInfo:
     build: Callable[[int, int, Any], nn.Module]
     cfg_cls: type
     dataset_defaults: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {name: {} for name in HYPERPARAMETER_DATASETS})
+        default_factory=lambda: {name: {} for name in HYPERPARAMETER_FAMILIES})
     outputs: tuple[str, ...] = ()
     reads: Literal["map", "pooled"] = "map"
+
+    def __post_init__(self) -> None:
+        check_family_table(self.dataset_defaults, f"head {self.name!r}")
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ HEADS.register(HeadInfo(
     build=lambda feat_dim, num_classes, cfg: BoostLUHead(feat_dim, num_classes, cfg.alpha),
     cfg_cls=BoostLUCfg,
     # α = 5 in every setting of the paper; digits keeps it too (no reason to tune it there).
-    dataset_defaults={name: {"alpha": 5.0} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {"alpha": 5.0} for name in HYPERPARAMETER_FAMILIES},
 ))
 
 
@@ -144,7 +148,7 @@ def get_head_info(name: str) -> HeadInfo:
     return HEADS.get(name, option="--head")
 
 
-def create_head_cfg(name: str, family: str | None, overrides: Mapping[str, Any] | None = None) -> Any:
+def create_head_cfg(name: str, family: FamilyInfo | str | None, overrides: Mapping[str, Any] | None = None) -> Any:
     """The frozen config of head `name`: class defaults, the family's, then `overrides` (`head_params`)."""
     info = get_head_info(name)
     return build_cfg(info.cfg_cls, f"head {name!r}", info.dataset_defaults, family, dict(overrides or {}))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 from mlpl.schemas.errors import InputError
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.backbones import MAP_BACKBONES
 from mlpl.stages.train.losses.mime import gaussian_kl
 from mlpl.stages.train.models import HEADS, HeadInfo, HeadOutput
@@ -210,5 +210,5 @@ HEADS.register(HeadInfo(
     build=lambda feat_dim, num_classes, cfg: MimeHead(feat_dim, num_classes, cfg),
     cfg_cls=MimeHeadCfg,
     # the reference uses z = 256 and β = 1e-4 for every dataset (train_mime.py); digits keeps them
-    dataset_defaults={name: {"z_dim": 256, "kl_weight": 1e-4} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {"z_dim": 256, "kl_weight": 1e-4} for name in HYPERPARAMETER_FAMILIES},
 ))

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from mlpl.stages.registry import Registry, build_cfg
+from mlpl.stages.families import FamilyInfo, build_cfg, check_family_table
+from mlpl.stages.registry import Registry
 from mlpl.stages.train.losses import EpochState, LossOutput
 
 SimsReader = Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]
@@ -41,7 +42,7 @@ class LabelStateContext:
 
     Attributes:
         observed: [N, C] int8 `Observed` values of the training rows (the run's regime).
-        family: hyperparameter family (`voc`, `coco`, `nus`, `cub`, `digits`).
+        family: the dataset's hyperparameter family (stages/families.py), or its name.
         seed: the run's seed (every random initialisation draws from it).
         device: the training device (states holding trainable parameters put them there).
         read_sims: the store's similarities, when the run has a store; None otherwise.
@@ -51,7 +52,7 @@ class LabelStateContext:
     """
 
     observed: np.ndarray
-    family: str
+    family: FamilyInfo | str
     seed: int
     device: torch.device
     read_sims: SimsReader | None = None
@@ -202,6 +203,9 @@ class LabelStateInfo:
     dataset_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     uses_sims: bool | Callable[[Any], bool] = False
 
+    def __post_init__(self) -> None:
+        check_family_table(self.dataset_defaults, f"label state {self.name!r}")
+
     def reads_store(self, cfg: Any) -> bool:
         """Whether a run with this config of the state needs the store."""
         return bool(self.uses_sims(cfg) if callable(self.uses_sims) else self.uses_sims)
@@ -225,7 +229,7 @@ def get_label_state_info(name: str) -> LabelStateInfo:
     return LABEL_STATES.get(name, option="label_state")
 
 
-def create_label_state_cfg(name: str, family: str | None, overrides: Mapping[str, Any]) -> Any:
+def create_label_state_cfg(name: str, family: FamilyInfo | str | None, overrides: Mapping[str, Any]) -> Any:
     """The frozen config of label state `name`: class defaults, the family's, then `overrides`."""
     info = get_label_state_info(name)
     return build_cfg(info.cfg_cls, f"label state {name!r}", info.dataset_defaults, family, overrides)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
 from mlpl.stages.train.losses import EpochState, LossOutput
 from mlpl.stages.train.pseudolabels import aggregate_tiles
@@ -297,6 +297,6 @@ LABEL_STATES.register(LabelStateInfo(
     reference="Abdelfattah et al., CDUL (ICCV 2023); docs/methods.md §4.4, 5",
     create=_create,
     cfg_cls=CdulCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
     uses_sims=True,
 ))

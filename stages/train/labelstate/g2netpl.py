@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
 from mlpl.stages.train.labelstate.soft_labels import (
     STORAGE_DTYPE,
@@ -127,6 +127,6 @@ LABEL_STATES.register(LabelStateInfo(
     reference="Abdelfattah et al., G2NetPL, BMVC 2022; docs/methods.md §5",
     create=create_g2netpl,
     cfg_cls=G2netplCfg,
-    dataset_defaults={name: dict(_G2NETPL_DEFAULTS) for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: dict(_G2NETPL_DEFAULTS) for name in HYPERPARAMETER_FAMILIES},
     uses_sims=lambda cfg: cfg.init == "teacher",
 ))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from mlpl.schemas.labels import Observed
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
 from mlpl.stages.train.losses import EpochState, LossOutput
 
@@ -71,5 +71,5 @@ LABEL_STATES.register(LabelStateInfo(
     reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
     create=LlCpState,
     cfg_cls=LlCpStateCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
 ))

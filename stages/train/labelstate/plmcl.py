@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 from mlpl.schemas.errors import InputError
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
 from mlpl.stages.train.labelstate.soft_labels import STORAGE_DTYPE, SoftLabelCfg, SoftLabelState, initial_labels
 from mlpl.stages.train.losses import EpochState, LossOutput
@@ -117,6 +117,6 @@ LABEL_STATES.register(LabelStateInfo(
     reference="Abdelfattah et al., PLMCL, ECCV-W 2022; docs/methods.md §5",
     create=create_plmcl,
     cfg_cls=PlmclCfg,
-    dataset_defaults={name: dict(_PLMCL_DEFAULTS) for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: dict(_PLMCL_DEFAULTS) for name in HYPERPARAMETER_FAMILIES},
     uses_sims=lambda cfg: cfg.init == "teacher",
 ))

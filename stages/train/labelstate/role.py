@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo
 
 
@@ -111,5 +111,5 @@ LABEL_STATES.register(LabelStateInfo(
     reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
     create=RoleState,
     cfg_cls=RoleCfg,
-    dataset_defaults={name: {"lr_mult": 10.0} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {"lr_mult": 10.0} for name in HYPERPARAMETER_FAMILIES},
 ))

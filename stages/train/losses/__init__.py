@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS as HYPERPARAMETER_DATASETS  # re-exported for loss modules
-from mlpl.stages.registry import Registry, build_cfg
+from mlpl.stages.families import FamilyInfo, build_cfg, check_family_table
+from mlpl.stages.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class LossInfo:
         reference: paper and docs/methods.md section.
         fn: the pure loss function (see the module docstring for its signature).
         cfg_cls: frozen dataclass of its hyperparameters; fields without a default are per-dataset.
-        dataset_defaults: family name (one of `HYPERPARAMETER_DATASETS`) → field overrides.
+        dataset_defaults: family name (one of `HYPERPARAMETER_FAMILIES`, stages/families.py) → field overrides.
         needs_pseudo: True if `fn` requires `pseudo` (False: optional or ignored).
         label_state: the label state(s) (`mlpl.stages.train.labelstate.LABEL_STATES`) the loss reads, or None.
             Such a loss takes one more keyword, `state`: the dict of [B, C] tensors that state's
@@ -90,6 +90,9 @@ class LossInfo:
     label_state: str | tuple[str, ...] | None = None
     head_outputs: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        check_family_table(self.dataset_defaults, f"loss {self.name!r}")
+
     @property
     def label_states(self) -> tuple[str, ...]:
         """The label states this loss can read (empty: it reads none)."""
@@ -106,13 +109,13 @@ def get_loss_info(name: str) -> LossInfo:
     return LOSSES.get(name, option="loss")
 
 
-def create_loss_cfg(name: str, dataset: str | None, overrides: Mapping[str, Any]) -> Any:
+def create_loss_cfg(name: str, dataset: FamilyInfo | str | None, overrides: Mapping[str, Any]) -> Any:
     """Build the frozen config of loss `name`: class defaults, then the dataset's, then `overrides`.
 
     Args:
         name: registered loss name.
-        dataset: a family of `HYPERPARAMETER_DATASETS`, or None for the class defaults only (then every
-            per-dataset field must be in `overrides`).
+        dataset: a family (`FamilyInfo`, e.g. a dataset's with its recorded m, or a family name), or None for
+            the class defaults only (then every per-family field must be in `overrides`).
         overrides: field → value; an unknown field or a value of the wrong type raises `InputError`.
     """
     info = get_loss_info(name)

@@ -21,8 +21,8 @@ from typing import Literal
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES, M_FROM_FAMILY
 from mlpl.stages.train.losses import (
-    HYPERPARAMETER_DATASETS,
     LOSSES,
     EpochState,
     LossInfo,
@@ -266,13 +266,11 @@ def epr(
     return make_output(cells, expected_positives_regulariser(p, cfg.m))
 
 
-_NO_DATASET_DEFAULTS: dict[str, dict] = {name: {} for name in HYPERPARAMETER_DATASETS}
+_NO_DATASET_DEFAULTS: dict[str, dict] = {name: {} for name in HYPERPARAMETER_FAMILIES}
 
-# docs/methods.md §1.1's expected positives (Cole et al.'s code has COCO 2.5; the later papers
-# use 2.9).
-# digits: canvases hold 1–4 digits uniformly, so 2.5.
-_EPR_DEFAULTS: dict[str, dict] = {"voc": {"m": 1.5}, "coco": {"m": 2.9}, "nus": {"m": 1.9}, "cub": {"m": 31.4},
-                                  "digits": {"m": 2.5}}
+# m: the family's expected positives, docs/methods.md §1.1 (Cole et al.'s code has COCO 2.5; the later
+# papers use 2.9, as stages/families.py does)
+_EPR_DEFAULTS = M_FROM_FAMILY
 
 LOSSES.register(LossInfo(
     name="bce",

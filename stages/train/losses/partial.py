@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
@@ -112,6 +112,6 @@ LOSSES.register(LossInfo(
     reference="Durand et al., CVPR 2019; docs/methods.md §3.1",
     fn=partial_bce,
     cfg_cls=PartialBceCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
     needs_pseudo=False,
 ))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
+from mlpl.stages.families import EXPECTED_POSITIVES
 from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
@@ -218,15 +219,15 @@ _GR_DEFAULTS: dict[str, dict] = {
     "digits": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
 }
 
-# docs/methods.md §3.7's table. digits: COCO's β, α, λ, η; m = 2.5 because canvases hold 1–4 digits uniformly.
+# docs/methods.md §3.7's table. digits: COCO's β, α, λ, η. m: the family's expected positives.
 _GPR_DEFAULTS: dict[str, dict] = {
-    name: {**_GR_DEFAULTS[name], "q3": 0.9, **extra}
+    name: {**_GR_DEFAULTS[name], "q3": 0.9, "m": EXPECTED_POSITIVES, **extra}
     for name, extra in {
-        "voc": {"lambda1": 0.4, "lambda2": 0.7, "eta": 0.05, "m": 1.5},
-        "coco": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001, "m": 2.9},
-        "nus": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001, "m": 1.9},
-        "cub": {"lambda1": 0.2, "lambda2": 0.8, "eta": 0.01, "m": 31.4},
-        "digits": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001, "m": 2.5},
+        "voc": {"lambda1": 0.4, "lambda2": 0.7, "eta": 0.05},
+        "coco": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
+        "nus": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
+        "cub": {"lambda1": 0.2, "lambda2": 0.8, "eta": 0.01},
+        "digits": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
     }.items()
 }
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
+from mlpl.stages.families import M_FROM_FAMILY
 from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
@@ -108,10 +109,8 @@ LOSSES.register(LossInfo(
     reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
     fn=role,
     cfg_cls=RoleLossCfg,
-    # m: docs/methods.md §1.1's expected positives (the released code's table has COCO 2.5; 2.9 is used);
-    # digits canvases hold 1-4 digits uniformly.
-    dataset_defaults={"voc": {"m": 1.5}, "coco": {"m": 2.9}, "nus": {"m": 1.9}, "cub": {"m": 31.4},
-                      "digits": {"m": 2.5}},
+    # m: the family's expected positives, docs/methods.md §1.1 (the released code's table has COCO 2.5; 2.9 is used)
+    dataset_defaults=M_FROM_FAMILY,
     needs_pseudo=False,
     label_state="role",
 ))

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES, get_family_info
 from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
@@ -64,7 +65,6 @@ from mlpl.stages.train.losses import (
     nlog,
     working_logits,
 )
-from mlpl.stages.train.losses.baseline import _EPR_DEFAULTS
 
 EPS = 1e-5  # the reference's LOG_EPSILON
 BETA_EPS = 1e-6  # the reference's beta_kl_loss eps
@@ -209,9 +209,8 @@ def smile(
 
 def _smile_defaults() -> dict[str, dict]:
     # p = (m − 1)/(C − 1): the expected share of hidden positives among a single-positive image's unknown cells
-    num_classes = {"voc": 20, "coco": 80, "nus": 81, "cub": 312, "digits": 10}
-    defaults = {family: {"p": round((_EPR_DEFAULTS[family]["m"] - 1) / (c - 1), 4)}
-                for family, c in num_classes.items()}
+    families = [get_family_info(name) for name in HYPERPARAMETER_FAMILIES]
+    defaults = {f.name: {"p": round((f.expected_positives - 1) / (f.num_classes - 1), 4)} for f in families}
     defaults["cub"]["bias"] = True
     return defaults
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from mlpl.schemas.labels import Observed
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.losses import (
     LOSSES,
     EpochState,
@@ -85,7 +85,7 @@ LOSSES.register(LossInfo(
     reference="Abdelfattah et al. (CDUL ICCV 2023, PLMCL 2022, G2NetPL BMVC 2022); docs/methods.md §5",
     fn=soft_bce,
     cfg_cls=SoftBceCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
     needs_pseudo=False,
     label_state=("cdul", "plmcl", "g2netpl"),
 ))

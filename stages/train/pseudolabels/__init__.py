@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 from mlpl.schemas.labels import Pseudo
-from mlpl.stages.registry import Registry, build_cfg
+from mlpl.stages.families import FamilyInfo, build_cfg, check_family_table
+from mlpl.stages.registry import Registry
 
 PseudoLabelFn = Callable[..., torch.Tensor]
 
@@ -40,7 +41,7 @@ class PseudoLabellerInfo:
         reference: paper and docs/methods.md section.
         fn: the pure rule (see the module docstring for its signature).
         cfg_cls: frozen dataclass of its stage-two parameters; fields without a default are per-dataset.
-        dataset_defaults: family name (`voc`, `coco`, `nus`, `cub`, `digits`) → field values.
+        dataset_defaults: family name (`HYPERPARAMETER_FAMILIES`, stages/families.py) → field values.
         uses_sims: reads the store's similarities (the run then needs `--pseudo-store`).
         needs_logits: reads the network's logits of the batch (called after the forward pass).
     """
@@ -54,6 +55,9 @@ class PseudoLabellerInfo:
     uses_sims: bool = True
     needs_logits: bool = False
 
+    def __post_init__(self) -> None:
+        check_family_table(self.dataset_defaults, f"pseudo-labeller {self.name!r}")
+
 
 PSEUDOLABELLERS: Registry[PseudoLabellerInfo] = Registry("pseudo-labeller")
 
@@ -63,12 +67,12 @@ def get_pseudolabeller_info(name: str) -> PseudoLabellerInfo:
     return PSEUDOLABELLERS.get(name, option="pseudo")
 
 
-def create_pseudo_cfg(name: str, dataset: str | None, overrides: Mapping[str, Any]) -> Any:
+def create_pseudo_cfg(name: str, dataset: FamilyInfo | str | None, overrides: Mapping[str, Any]) -> Any:
     """Build the frozen config of pseudo-labeller `name`: class defaults, the dataset's, then `overrides`.
 
     Args:
         name: registered pseudo-labeller name.
-        dataset: `voc`, `coco`, `nus`, `cub`, `digits`, or None (then every per-dataset field must be set).
+        dataset: a family (`FamilyInfo` or its name), or None (then every per-family field must be set).
         overrides: field → value; an unknown field or a value of the wrong type raises `InputError`.
     """
     info = get_pseudolabeller_info(name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
-from mlpl.stages.registry import HYPERPARAMETER_DATASETS
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES, M_FROM_FAMILY
 from mlpl.stages.train.pseudolabels import (
     PSEUDOLABELLERS,
     PseudoLabellerInfo,
@@ -144,7 +144,7 @@ PSEUDOLABELLERS.register(PseudoLabellerInfo(
     reference="Xing et al., 2023 (VLPL); docs/methods.md §4.4",
     fn=vlpl,
     cfg_cls=VlplCfg,
-    dataset_defaults={name: {"tau": 0.01, "threshold": 0.3} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {"tau": 0.01, "threshold": 0.3} for name in HYPERPARAMETER_FAMILIES},
 ))
 PSEUDOLABELLERS.register(PseudoLabellerInfo(
     name="random",
@@ -152,9 +152,7 @@ PSEUDOLABELLERS.register(PseudoLabellerInfo(
     reference="Tran et al., ICCV 2025, Table 2 (GPR+Random); docs/methods.md §4.4",
     fn=random_positives,
     cfg_cls=RandomCfg,
-    # m: docs/methods.md §1.1's expected positives; digits canvases hold 1-4 digits uniformly.
-    dataset_defaults={"voc": {"m": 1.5}, "coco": {"m": 2.9}, "nus": {"m": 1.9}, "cub": {"m": 31.4},
-                      "digits": {"m": 2.5}},
+    dataset_defaults=M_FROM_FAMILY,  # m: the family's expected positives (docs/methods.md §1.1)
 ))
 PSEUDOLABELLERS.register(PseudoLabellerInfo(
     name="none",
@@ -162,6 +160,6 @@ PSEUDOLABELLERS.register(PseudoLabellerInfo(
     reference="docs/methods.md §4.4",
     fn=no_pseudo_labels,
     cfg_cls=NoneCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_DATASETS},
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
     uses_sims=False,
 ))
