@@ -35,14 +35,14 @@ def batch_views(images: torch.Tensor, grid: int, size: int) -> torch.Tensor:
 def make_online_sims(store_path: Path, pretrained: str | None = None) -> Callable[[dict, int], torch.Tensor]:
     """A `Trainer(online_sims=...)` callback running the store's teacher on every batch."""
     store = open_store(store_path)
-    attrs = store.attrs
-    if pretrained is None and attrs.teacher.get("weights", {}).get("kind") == "random":
+    views, recorded = store.attrs.view_attrs, store.attrs.teacher_attrs
+    if pretrained is None and recorded.recorded.get("weights", {}).get("kind") == "random":
         pretrained = "random"  # a timing store: the same randomly initialised teacher
-    teacher = load_teacher(TeacherCfg(model=attrs.teacher["model"], pretrained=pretrained, device="cpu"
+    teacher = load_teacher(TeacherCfg(model=recorded.model, pretrained=pretrained, device="cpu"
                                       if not torch.cuda.is_available() else None))
     text = torch.from_numpy(store.text_emb()).to(teacher.device)
-    grid, size = int(attrs.views["grid"]), teacher.image_size
-    mean, std = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in NORMALIZATIONS[attrs.views["normalize"]])
+    grid, size = views.grid, teacher.image_size
+    mean, std = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in NORMALIZATIONS[views.normalize])
 
     def sims(batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor:
         # the stream's flipped images in [0, 1] (mean 0, std 1), then the teacher's normalisation

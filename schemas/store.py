@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,48 @@ def chunk_checksum(sims: np.ndarray) -> int:
     """Checksum of one chunk of `sims` (float16 [rows, V, C]) as the store records it."""
     data = np.ascontiguousarray(sims, dtype=np.float16).tobytes()
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+
+
+@dataclass(frozen=True)
+class ViewAttrs:
+    """The view settings a store was built with (stage one's `ViewCfg`, as recorded in the attributes)."""
+
+    grid: int
+    overlap: float = 0.0
+    flip: bool = False
+    normalize: str = "clip"
+    image_size: int = 0
+    interpolation: str = ""
+    weak_aug: bool = False
+
+    @property
+    def num_views(self) -> int:
+        """V = 1 + g²: the global view, then the tiles row-major."""
+        return 1 + self.grid**2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "store") -> ViewAttrs:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        grid = d.get("grid")
+        if unknown or not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+            raise InputError(f"{where}: malformed view attributes {d!r}; expected an integer grid ≥ 1 and only "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TeacherAttrs:
+    """What a store says of its teacher: the model, its logit scale (if it has one), and everything recorded."""
+
+    model: str | None
+    logit_scale: float | None
+    recorded: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TeacherAttrs:
+        scale = d.get("logit_scale")
+        return cls(model=d.get("model", d.get("arch")), logit_scale=None if scale is None else float(scale),
+                   recorded=dict(d))
 
 
 @dataclass(frozen=True)
@@ -49,8 +92,18 @@ class StoreAttrs:
     version: int = STORE_SCHEMA_VERSION
 
     @property
+    def view_attrs(self) -> ViewAttrs:
+        """The recorded view settings, typed."""
+        return ViewAttrs.from_dict(self.views)
+
+    @property
+    def teacher_attrs(self) -> TeacherAttrs:
+        """The recorded teacher, typed."""
+        return TeacherAttrs.from_dict(self.teacher)
+
+    @property
     def num_views(self) -> int:
-        return 1 + int(self.views["grid"]) ** 2
+        return self.view_attrs.num_views
 
     @property
     def num_chunks(self) -> int:
@@ -111,10 +164,13 @@ class Store:
         start = chunk * self.attrs.rows_per_chunk
         return start, min(start + self.attrs.rows_per_chunk, self.attrs.num_rows)
 
+    def seed_chunks(self, seed_index: int) -> SeedChunks:
+        """The reader of augment seed `seed_index`'s similarities, chunk by chunk."""
+        return SeedChunks(self.path, seed_index, self.attrs.rows_per_chunk, self.attrs.num_rows, self.sims)
+
     def read_chunk(self, seed_index: int, chunk: int) -> np.ndarray:
         """Similarities of one whole chunk: float16 [rows, V, C] (one Zarr chunk read)."""
-        start, stop = self.chunk_rows(chunk)
-        return np.asarray(self.sims[seed_index, start:stop])
+        return self.seed_chunks(seed_index).read(chunk)
 
     def record_checksum(self, seed_index: int, chunk: int) -> None:
         """Record the checksum of a written chunk (read back as stored), before it is marked done."""
@@ -127,6 +183,53 @@ class Store:
         if merged != self.corrupt_rows:
             self.corrupt_rows = merged
             self.group.attrs["corrupt_rows"] = merged
+
+
+class SeedChunks:
+    """The one way stage two reads similarities: one augment seed's, one whole chunk (= one shard) at a time.
+
+    Picklable (DataLoader workers and label states get it): the Zarr array is opened on first use in the
+    process that reads, never pickled. Iterating gives (rows, float32 sims) of every chunk in order.
+
+    Args:
+        path: the store folder.
+        seed_index: index into the store's augment seeds.
+        rows_per_chunk: the store's rows per chunk (its attributes', never the dataset's).
+        num_rows: rows of the store (the train split).
+        array: an already open `sims` array (the store's own), or None.
+    """
+
+    def __init__(self, path: Path, seed_index: int, rows_per_chunk: int, num_rows: int, array: Any = None) -> None:
+        self.path, self.seed_index = Path(path), int(seed_index)
+        self.rows_per_chunk, self.num_rows = int(rows_per_chunk), int(num_rows)
+        self._array = array
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_rows // self.rows_per_chunk)
+
+    def read(self, chunk: int) -> np.ndarray:
+        """Similarities of one whole chunk: float16 [rows, V, C] (one Zarr chunk read)."""
+        if self._array is None:
+            import zarr
+
+            self._array = zarr.open_group(str(self.path), mode="r")["sims"]
+        start = chunk * self.rows_per_chunk
+        try:
+            return np.asarray(self._array[self.seed_index, start : min(start + self.rows_per_chunk, self.num_rows)])
+        except Exception as e:  # a codec's own error type (zstd, blosc) for bytes that do not decode
+            raise InputError(f"{self.path}: seed {self.seed_index} chunk {chunk} does not decode "
+                             f"({e.__class__.__name__}); run `mlpl validate {self.path}` (it clears the "
+                             "chunk's done mark), then rerun `mlpl precompute-clip` to redo it") from None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for chunk in range(self.num_chunks):
+            start = chunk * self.rows_per_chunk
+            sims = self.read(chunk)
+            yield np.arange(start, start + len(sims)), sims.astype(np.float32)
 
 
 def create_store(path: Path, attrs: StoreAttrs, text_emb: np.ndarray) -> Store:

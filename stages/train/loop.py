@@ -102,7 +102,7 @@ class Trainer:
         self.store = self._store()
         self.labels = self.state_info.create(LabelStateContext(
             observed=self.observed, family=self.family, seed=cfg.seed, device=self.device,
-            read_sims=self._sims_reader() if self.store is not None else None,
+            read_sims=self.store.seed_chunks if self.store is not None else None,
             store_attrs=self.store.attrs.to_dict() if self.store is not None else None, num_epochs=cfg.epochs,
             store_path=str(self.store.path) if self.store is not None else None,
         ), self.state_cfg)
@@ -139,16 +139,6 @@ class Trainer:
                         "the same views; build the store with --seeds %d for a new seed every epoch",
                         store.path, seeds, self.cfg.epochs, seeds, self.cfg.epochs)
         return store
-
-    def _sims_reader(self) -> Callable[[int], Any]:
-        store = self.store
-
-        def read(seed_index: int):
-            for chunk in range(store.attrs.num_chunks):
-                start, stop = store.chunk_rows(chunk)
-                yield np.arange(start, stop), store.read_chunk(seed_index, chunk).astype(np.float32)
-
-        return read
 
     def store_seed_index(self, epoch: int) -> int:
         """Augment seed of a 1-based epoch: e mod S (dynamic/accumulated) or always the first (fixed)."""

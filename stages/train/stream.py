@@ -34,6 +34,7 @@ import torch
 from mlpl.schemas.dataset import PreparedDataset
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.shards import ShardCheck, check_shards_exist, raise_shard_error
+from mlpl.schemas.store import SeedChunks, open_store
 from mlpl.stages.pixels import decode_uint8, normalize_uint8, resize_uint8
 from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD
 from mlpl.stages.train.datacfg import DataCfg
@@ -70,35 +71,16 @@ class JoinRows:
     chunk is read once, whole, when the first of its rows arrives.
     """
 
-    def __init__(
-        self,
-        full: np.ndarray,
-        observed: np.ndarray | None,
-        first_row: int,
-        store_path: str | None,
-        seed_index: int,
-        rows_per_chunk: int,
-    ) -> None:
-        self.full, self.observed, self.first_row = full, observed, first_row
-        self.store_path, self.seed_index, self.rows_per_chunk = store_path, seed_index, rows_per_chunk
+    def __init__(self, full: np.ndarray, observed: np.ndarray | None, first_row: int,
+                 sims: SeedChunks | None) -> None:
+        self.full, self.observed, self.first_row, self.sims = full, observed, first_row, sims
+        self.rows_per_chunk = sims.rows_per_chunk if sims is not None else 0
         self._chunk: tuple[int, np.ndarray] | None = None
-        self._sims: Any = None
 
     def _sims_of(self, row: int) -> np.ndarray:
         chunk = row // self.rows_per_chunk
         if self._chunk is None or self._chunk[0] != chunk:
-            if self._sims is None:
-                import zarr
-
-                self._sims = zarr.open_group(self.store_path, mode="r")["sims"]
-            start = chunk * self.rows_per_chunk
-            stop = min(start + self.rows_per_chunk, self._sims.shape[1])
-            try:
-                self._chunk = (chunk, np.asarray(self._sims[self.seed_index, start:stop]))
-            except Exception as e:  # a codec's own error type (zstd, blosc) for bytes that do not decode
-                raise InputError(f"{self.store_path}: seed {self.seed_index} chunk {chunk} does not decode "
-                                 f"({e.__class__.__name__}); run `mlpl validate {self.store_path}` (it clears the "
-                                 "chunk's done mark), then rerun `mlpl precompute-clip` to redo it") from None
+            self._chunk = (chunk, self.sims.read(chunk))
         return self._chunk[1][row - chunk * self.rows_per_chunk]
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -112,7 +94,7 @@ class JoinRows:
             out = {"row": row, "bytes": sample[ext], "full": self.full[i]}
             if self.observed is not None:
                 out["observed"] = self.observed[i]
-            if self.store_path is not None:
+            if self.sims is not None:
                 out["sims"] = self._sims_of(row)
             yield out
 
@@ -328,7 +310,6 @@ def train_loader(
     seed: int,
     store_path: Path | None = None,
     store_seed_index: int = 0,
-    rows_per_chunk: int | None = None,
     rank: int = 0,
     world: int = 1,
 ) -> EpochLoader:
@@ -345,8 +326,8 @@ def train_loader(
     if world > 1:
         owner = np.random.RandomState(epoch_seed).permutation(n) % world
         num = math.ceil(n / world)
-    join = JoinRows(full, observed, start, str(store_path) if store_path else None, store_seed_index,
-                    rows_per_chunk or ds.meta.rows_per_shard)
+    sims = open_store(Path(store_path)).seed_chunks(store_seed_index) if store_path else None
+    join = JoinRows(full, observed, start, sims)
     decode = DecodeImage(cfg.image_size, cfg.flip, epoch_seed, cfg.interpolation)
     pipe = _make_pipeline(_shards(ds, "train"), join, OwnedByRank(owner, rank, start), decode, cfg.shuffle_buffer,
                           epoch_seed)
@@ -358,7 +339,7 @@ def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg) -> EpochLoader:
     """Batches of a val/test split in row order, no flip, no store."""
     start, stop = ds.meta.split_range(split)
     full = ds.labels.matrix(np.arange(start, stop))
-    join = JoinRows(full, None, start, None, 0, ds.meta.rows_per_shard)
+    join = JoinRows(full, None, start, None)
     decode = DecodeImage(cfg.image_size, False, 0, cfg.interpolation)
     pipe = _make_pipeline(_shards(ds, split), join, OwnedByRank(None, 0, start), decode, 0, 0)
     # several workers interleave their row ranges; evaluation reorders by row

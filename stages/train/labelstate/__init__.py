@@ -22,18 +22,20 @@ Under `torchrun` each rank sees other rows each epoch; `RowTable`s are made cons
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from mlpl.schemas.store import TeacherAttrs, ViewAttrs
 from mlpl.stages.families import FamilyInfo, build_cfg, check_family_table
 from mlpl.stages.registry import Registry
 from mlpl.stages.train.losses import EpochState, LossOutput
 
-SimsReader = Callable[[int], Iterator[tuple[np.ndarray, np.ndarray]]]
-"""`read(seed_index)` yields (local rows [n], raw similarities [n, V, C] float32) over every training row."""
+SimsReader = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
+"""`read(seed_index)` yields (local rows [n], raw similarities [n, V, C] float32) over every training row
+(`mlpl.schemas.store.Store.seed_chunks` in a run)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,20 @@ class LabelStateContext:
     @property
     def num_classes(self) -> int:
         return int(self.observed.shape[1])
+
+    @property
+    def store_views(self) -> ViewAttrs | None:
+        """The store's view settings, typed (None without a store)."""
+        return None if self.store_attrs is None else ViewAttrs.from_dict(self.store_attrs["views"], self.store_where)
+
+    @property
+    def store_teacher(self) -> TeacherAttrs | None:
+        """The store's teacher, typed (None without a store)."""
+        return None if self.store_attrs is None else TeacherAttrs.from_dict(self.store_attrs.get("teacher") or {})
+
+    @property
+    def store_where(self) -> str:
+        return f"the store {self.store_path}" if self.store_path else "the store"
 
 
 class RowTable:

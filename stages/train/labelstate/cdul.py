@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -181,19 +181,18 @@ def label_logits(labels: torch.Tensor) -> torch.Tensor:
     return torch.logit(labels, eps=LABEL_EPS)
 
 
-def resolve_temperature(cfg: CdulCfg, store_attrs: dict[str, Any], store_path: str | None = None) -> float:
+def resolve_temperature(cfg: CdulCfg, ctx: LabelStateContext) -> float:
     """The configured temperature, else the store's recorded teacher logit scale."""
     if cfg.temperature is not None:
         return cfg.temperature
-    teacher = store_attrs.get("teacher") or {}
-    scale = teacher.get("logit_scale")
-    if scale is None:
-        where = f"the store {store_path}" if store_path else "the store"
-        raise InputError(f"label state 'cdul': {where} (dataset {store_attrs.get('dataset_name')!r}, teacher "
-                         f"{teacher.get('model', teacher.get('arch'))!r}) records no teacher.logit_scale; rebuild it "
+    teacher = ctx.store_teacher
+    if teacher is None or teacher.logit_scale is None:
+        dataset = (ctx.store_attrs or {}).get("dataset_name")
+        raise InputError(f"label state 'cdul': {ctx.store_where} (dataset {dataset!r}, teacher "
+                         f"{teacher.model if teacher else None!r}) records no teacher.logit_scale; rebuild it "
                          "with `mlpl precompute-clip` or set the softmax temperature with "
                          "label_state_params.temperature")
-    return float(scale)
+    return teacher.logit_scale
 
 
 class CdulState(LabelState):
@@ -211,13 +210,12 @@ class CdulState(LabelState):
         if ctx.read_sims is None or ctx.store_attrs is None:
             raise InputError("label state 'cdul' initialises its labels from a store: build one with "
                              f"`mlpl precompute-clip --grid {cfg.grid}` and pass --pseudo-store")
-        store_grid = int(ctx.store_attrs["views"]["grid"])
+        store_grid = ctx.store_views.grid
         if cfg.local and store_grid != cfg.grid:
-            where = f"the store {ctx.store_path}" if ctx.store_path else "the store"
-            raise InputError(f"label state 'cdul': {where} has a {store_grid}×{store_grid} grid of tiles, CDUL "
-                             f"uses {cfg.grid}×{cfg.grid}; build the store with `mlpl precompute-clip --grid "
-                             f"{cfg.grid}` (or set label_state_params.grid = {store_grid})")
-        self.temperature = resolve_temperature(cfg, ctx.store_attrs, ctx.store_path)
+            raise InputError(f"label state 'cdul': {ctx.store_where} has a {store_grid}×{store_grid} grid of "
+                             f"tiles, CDUL uses {cfg.grid}×{cfg.grid}; build the store with `mlpl precompute-clip "
+                             f"--grid {cfg.grid}` (or set label_state_params.grid = {store_grid})")
+        self.temperature = resolve_temperature(cfg, ctx)
         self.unknown = torch.from_numpy(ctx.observed == Observed.UNKNOWN)
         z = np.zeros((ctx.num_rows, ctx.num_classes), dtype=np.float32)
         for rows, sims in ctx.read_sims(INIT_SEED_INDEX):
