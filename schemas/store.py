@@ -43,6 +43,8 @@ class ViewAttrs:
     image_size: int = 0
     interpolation: str = ""
     weak_aug: bool = False
+    weak_aug_p: float = 0.0
+    order: str = "global, then tiles row-major"
 
     @property
     def num_views(self) -> int:

@@ -1,4 +1,4 @@
-"""A small registry of frozen `*Info` entries, one per family (losses, pseudo-labellers, datasets, ...)."""
+"""Registries of frozen `*Info` entries (losses, pseudo-labellers, datasets, ...), their decorator, one type checker."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import difflib
 import fnmatch
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 from mlpl.schemas.errors import InputError
@@ -17,6 +17,7 @@ class HasName(Protocol):
 
 
 InfoT = TypeVar("InfoT", bound=HasName)
+ObjT = TypeVar("ObjT")
 
 
 class Registry(Generic[InfoT]):
@@ -51,6 +52,25 @@ class Registry(Generic[InfoT]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def register_with(registry: Registry[InfoT], info_cls: Callable[..., InfoT],
+                  attribute: str) -> Callable[..., Callable[[ObjT], ObjT]]:
+    """A registration decorator for a registry (timm's `@register_model` habit).
+
+    `register = register_with(LOSSES, LossInfo, "fn")` gives `@register(name="an", description=..., ...)`:
+    on a function or class, it registers `LossInfo(fn=<it>, name="an", ...)` (a duplicate name is an error)
+    and returns it unchanged, so one function may carry several registrations.
+    """
+
+    def register(**fields: Any) -> Callable[[ObjT], ObjT]:
+        def decorate(obj: ObjT) -> ObjT:
+            registry.register(info_cls(**fields, **{attribute: obj}))
+            return obj
+
+        return decorate
+
+    return register
 
 
 def check_type(value: Any, hint: Any, where: str) -> Any:

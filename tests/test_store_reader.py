@@ -11,7 +11,7 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import SeedChunks, StoreAttrs, TeacherAttrs, ViewAttrs, create_store, open_store
 
 VIEWS = {"grid": 2, "overlap": 0.2, "flip": True, "normalize": "clip", "image_size": 32, "interpolation": "bilinear",
-         "weak_aug": False}
+         "weak_aug": False, "order": "global, then tiles row-major", "weak_aug_p": 0.0}
 
 
 def small_store(path: Path) -> np.ndarray:
@@ -22,6 +22,13 @@ def small_store(path: Path) -> np.ndarray:
     sims = np.random.RandomState(0).rand(2, 10, 5, 3).astype(np.float16)
     store.sims[...] = sims
     return sims
+
+
+def test_view_attributes_read_what_stage_one_writes() -> None:
+    from mlpl.stages.precompute.views import ViewCfg
+
+    written = ViewCfg(grid=3, weak_aug=True).to_dict()
+    assert ViewAttrs.from_dict(written).__dict__ == written
 
 
 def test_typed_attributes(tmp_path: Path) -> None:

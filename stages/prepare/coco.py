@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 from mlpl.schemas.errors import InputError
-from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.datasets import PrepareRequest, register_dataset
 from mlpl.stages.prepare.sources import image_ext, image_file, load_classnames, write_from_source
 from mlpl.stages.prepare.writer import PrepareReport, SourceImage
 
@@ -249,6 +249,16 @@ def _detect_year(root: Path, year: str | None) -> str:
     raise InputError(f"--root {root}: both the 2014 and 2017 layouts are present; pass --year 2014 or --year 2017")
 
 
+@register_dataset(
+        name="coco",
+        description="MS-COCO 2014/2017 instances JSON: 80 categories, crowd counted, unannotated images dropped",
+        reference="Lin et al., Microsoft COCO (ECCV 2014); docs/methods.md §1.1",
+        options=("year", "no_test"),
+        card="coco2014.md",
+        class_list=CLASS_LIST,
+        formatted_name="coco2014",
+        layout=LAYOUT,
+    )
 def prepare_coco(req: PrepareRequest) -> PrepareReport:
     root = Path(req.root)
     year = _detect_year(root, req.options.get("year"))
@@ -288,16 +298,3 @@ def prepare_coco(req: PrepareRequest) -> PrepareReport:
     return write_from_source(req, f"coco{year}", classes, items["train"], items["test"], source)
 
 
-DATASETS.register(
-    DatasetInfo(
-        name="coco",
-        description="MS-COCO 2014/2017 instances JSON: 80 categories, crowd counted, unannotated images dropped",
-        reference="Lin et al., Microsoft COCO (ECCV 2014); docs/methods.md §1.1",
-        prepare=prepare_coco,
-        options=("year", "no_test"),
-        card="coco2014.md",
-        class_list=CLASS_LIST,
-        formatted_name="coco2014",
-        layout=LAYOUT,
-    )
-)

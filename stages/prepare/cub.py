@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from mlpl.schemas.errors import InputError
-from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.datasets import PrepareRequest, register_dataset
 from mlpl.stages.prepare.sources import (
     find_layout_root,
     image_ext,
@@ -125,6 +125,15 @@ def read_attribute_labels(path: Path, ids: list[int], num_attributes: int, block
     return present
 
 
+@register_dataset(
+        name="cub",
+        description="CUB-200-2011: 312 binary attributes (is_present), train_test_split.txt, images.txt order",
+        reference="Wah et al., The Caltech-UCSD Birds-200-2011 Dataset (2011); docs/methods.md §1.1",
+        card="cub.md",
+        class_list=CLASS_LIST,
+        formatted_name="cub",
+        layout=LAYOUT,
+    )
 def prepare_cub(req: PrepareRequest) -> PrepareReport:
     base = find_layout_root(Path(req.root), "images.txt", ("", "CUB_200_2011"), LAYOUT)
     classes = load_classnames(CLASS_LIST)
@@ -150,15 +159,3 @@ def prepare_cub(req: PrepareRequest) -> PrepareReport:
     return write_from_source(req, "cub", classes, items["train"], items["test"], source)
 
 
-DATASETS.register(
-    DatasetInfo(
-        name="cub",
-        description="CUB-200-2011: 312 binary attributes (is_present), train_test_split.txt, images.txt order",
-        reference="Wah et al., The Caltech-UCSD Birds-200-2011 Dataset (2011); docs/methods.md §1.1",
-        prepare=prepare_cub,
-        card="cub.md",
-        class_list=CLASS_LIST,
-        formatted_name="cub",
-        layout=LAYOUT,
-    )
-)

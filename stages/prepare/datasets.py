@@ -9,7 +9,7 @@ from typing import Any
 
 from mlpl.schemas.errors import InputError
 from mlpl.stages.prepare.writer import PrepareReport
-from mlpl.stages.registry import Registry
+from mlpl.stages.registry import Registry, register_with
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class DatasetInfo:
 
 
 DATASETS: Registry[DatasetInfo] = Registry("dataset")
+register_dataset = register_with(DATASETS, DatasetInfo, "prepare")
+"""`@register_dataset(name=..., ...)` on a converter `prepare(req) -> PrepareReport` registers the dataset."""
 
 
 def check_request(info: DatasetInfo, req: PrepareRequest) -> None:

@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 
 from mlpl.schemas.errors import InputError
 from mlpl.stages import digits
-from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.datasets import PrepareRequest, register_dataset
 from mlpl.stages.prepare.observations import write_regimes
 from mlpl.stages.prepare.writer import PrepareReport, SourceImage, write_prepared
 
@@ -18,6 +18,14 @@ def _const(data: bytes):
     return lambda: data
 
 
+@register_dataset(
+        name="digits",
+        description="built-in world: 1–4 of scikit-learn's handwritten digits per canvas (no download)",
+        reference="UCI optical recognition of handwritten digits (scikit-learn's load_digits)",
+        needs_root=False,
+        options=_OPTIONS,
+        card="digits.md",
+    )
 def prepare_digits(req: PrepareRequest) -> PrepareReport:
     cfg = digits.DigitsCfg(**{k: v for k, v in req.options.items() if v is not None})
     if cfg.size < 10 or cfg.test_size < 1:
@@ -50,14 +58,3 @@ def prepare_digits(req: PrepareRequest) -> PrepareReport:
     )
 
 
-DATASETS.register(
-    DatasetInfo(
-        name="digits",
-        description="built-in world: 1–4 of scikit-learn's handwritten digits per canvas (no download)",
-        reference="UCI optical recognition of handwritten digits (scikit-learn's load_digits)",
-        prepare=prepare_digits,
-        needs_root=False,
-        options=_OPTIONS,
-        card="digits.md",
-    )
-)

@@ -28,7 +28,7 @@ from mlpl.schemas.dataset import LabelsTable, Observations, write_observations
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import SPLITS, Observed
 from mlpl.stages.families import get_family_info
-from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.datasets import PrepareRequest, register_dataset
 from mlpl.stages.prepare.manifest_io import ManifestColumns, read_manifest
 from mlpl.stages.prepare.sources import FileBytes, image_ext, image_file, read_lines, write_from_source
 from mlpl.stages.prepare.writer import PrepareReport, SourceImage
@@ -176,6 +176,16 @@ def given_observations(table: LabelsTable, entries: list[ManifestEntry], source:
     return Observations.from_matrix(GIVEN_REGIME, params, rows, obs)
 
 
+@register_dataset(
+        name="manifest",
+        description="your own images: a CSV/TSV/JSONL/Parquet manifest of paths with full or observed labels",
+        reference="docs/own-data.md",
+        needs_root=False,
+        options=("manifest", "classes", "family"),
+        takes_images=True,
+        default_regimes=(),
+        layout="a manifest file (--manifest) and the folder its image paths are relative to (--images)",
+    )
 def prepare_manifest(req: PrepareRequest) -> PrepareReport:
     manifest = req.options.get("manifest")
     if manifest is None:
@@ -221,16 +231,3 @@ def prepare_manifest(req: PrepareRequest) -> PrepareReport:
                              meta_fields=lambda table: expected_positives(table, family))
 
 
-DATASETS.register(
-    DatasetInfo(
-        name="manifest",
-        description="your own images: a CSV/TSV/JSONL/Parquet manifest of paths with full or observed labels",
-        reference="docs/own-data.md",
-        prepare=prepare_manifest,
-        needs_root=False,
-        options=("manifest", "classes", "family"),
-        takes_images=True,
-        default_regimes=(),
-        layout="a manifest file (--manifest) and the folder its image paths are relative to (--images)",
-    )
-)

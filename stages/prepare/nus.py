@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from mlpl.schemas.errors import InputError
-from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.datasets import PrepareRequest, register_dataset
 from mlpl.stages.prepare.sources import (
     image_ext,
     image_file,
@@ -94,6 +94,17 @@ def _items(root: Path, keys: list[str], labels: np.ndarray, origin: str) -> list
     return items
 
 
+@register_dataset(
+        name="nus",
+        description="NUS-WIDE: 81 concepts, official lists or the literature's re-crawled pool (--pool), "
+                    "images with no positive kept",
+        reference="Chua et al., NUS-WIDE (CIVR 2009); docs/methods.md §1.1",
+        options=("pool",),
+        card="nus.md",
+        class_list=CLASS_LIST,
+        formatted_name="nus",
+        layout=LAYOUT,
+    )
 def prepare_nus(req: PrepareRequest) -> PrepareReport:
     root = Path(req.root)
     if not (root / "ImageList").is_dir():
@@ -136,17 +147,3 @@ def prepare_nus(req: PrepareRequest) -> PrepareReport:
     return write_from_source(req, "nus", classes, items["train"], items["test"], source)
 
 
-DATASETS.register(
-    DatasetInfo(
-        name="nus",
-        description="NUS-WIDE: 81 concepts, official lists or the literature's re-crawled pool (--pool), "
-                    "images with no positive kept",
-        reference="Chua et al., NUS-WIDE (CIVR 2009); docs/methods.md §1.1",
-        prepare=prepare_nus,
-        options=("pool",),
-        card="nus.md",
-        class_list=CLASS_LIST,
-        formatted_name="nus",
-        layout=LAYOUT,
-    )
-)

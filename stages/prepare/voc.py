@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from mlpl.schemas.errors import InputError
-from mlpl.stages.prepare.datasets import DATASETS, DatasetInfo, PrepareRequest
+from mlpl.stages.prepare.datasets import PrepareRequest, register_dataset
 from mlpl.stages.prepare.sources import (
     find_layout_root,
     image_file,
@@ -120,17 +120,14 @@ class _Prepare:
 
 
 for _spec in (VocYear("voc2012", "2012", "train", "val"), VocYear("voc2007", "2007", "trainval", "test")):
-    DATASETS.register(
-        DatasetInfo(
-            name=_spec.name,
-            description=f"PASCAL VOC {_spec.year}: 20 classes, {_spec.train_set} / {_spec.test_set}, "
-                        "difficult = negative, images without a positive dropped",
-            reference="Everingham et al., The PASCAL VOC Challenge (IJCV 2010); docs/methods.md §1.1",
-            prepare=_Prepare(_spec),
-            options=("no_test",),
-            card=f"{_spec.name}.md",
-            class_list=CLASS_LIST,
-            formatted_name=_spec.name,
-            layout=_spec.layout,
-        )
-    )
+    register_dataset(
+        name=_spec.name,
+        description=f"PASCAL VOC {_spec.year}: 20 classes, {_spec.train_set} / {_spec.test_set}, "
+                    "difficult = negative, images without a positive dropped",
+        reference="Everingham et al., The PASCAL VOC Challenge (IJCV 2010); docs/methods.md §1.1",
+        options=("no_test",),
+        card=f"{_spec.name}.md",
+        class_list=CLASS_LIST,
+        formatted_name=_spec.name,
+        layout=_spec.layout,
+    )(_Prepare(_spec))

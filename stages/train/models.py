@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES, FamilyInfo, build_cfg, check_family_table
-from mlpl.stages.registry import Registry
+from mlpl.stages.registry import Registry, register_with
 from mlpl.stages.train.backbones import Backbone, create_backbone, get_data_cfg
 from torch import nn
 
@@ -73,6 +73,8 @@ class HeadOutput:
 
 
 HEADS: Registry[HeadInfo] = Registry("head")
+register_head = register_with(HEADS, HeadInfo, "build")
+"""`@register_head(name=..., ...)` on a `build(D, C, cfg) -> module` function registers the head."""
 
 
 @dataclass(frozen=True)
@@ -124,23 +126,27 @@ class BoostLUHead(nn.Conv2d):
         return f"{super().extra_repr()}, alpha={self.alpha}"
 
 
-HEADS.register(HeadInfo(
+@register_head(
     name="linear",
     description="a linear layer on the backbone's pooled features (the literature's classifier)",
     reference="docs/methods.md §1.5",
-    build=lambda feat_dim, num_classes, cfg: LinearHead(feat_dim, num_classes),
     cfg_cls=LinearHeadCfg,
     reads="pooled",
-))
-HEADS.register(HeadInfo(
+)
+def linear_head(feat_dim: int, num_classes: int, cfg: LinearHeadCfg) -> nn.Module:
+    return LinearHead(feat_dim, num_classes)
+
+
+@register_head(
     name="boostlu",
     description="BoostLU: 1x1 convolution to class activation maps, positive values times alpha, then pooling",
     reference="Kim et al., CVPR 2023 (BoostLU); docs/methods.md §3.5",
-    build=lambda feat_dim, num_classes, cfg: BoostLUHead(feat_dim, num_classes, cfg.alpha),
     cfg_cls=BoostLUCfg,
     # α = 5 in every setting of the paper; digits keeps it too (no reason to tune it there).
     dataset_defaults={name: {"alpha": 5.0} for name in HYPERPARAMETER_FAMILIES},
-))
+)
+def boostlu_head(feat_dim: int, num_classes: int, cfg: BoostLUCfg) -> nn.Module:
+    return BoostLUHead(feat_dim, num_classes, cfg.alpha)
 
 
 def get_head_info(name: str) -> HeadInfo:

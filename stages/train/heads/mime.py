@@ -37,7 +37,7 @@ from mlpl.schemas.errors import InputError
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.backbones import MAP_BACKBONES
 from mlpl.stages.train.losses.mime import gaussian_kl
-from mlpl.stages.train.models import HEADS, HeadInfo, HeadOutput
+from mlpl.stages.train.models import HeadOutput, register_head
 from torch import nn
 
 
@@ -140,6 +140,15 @@ class DecoderLayer(nn.Module):
         return self.norm2(tgt + self.drop2(self.ffn(tgt)))
 
 
+@register_head(
+    name="mime",
+    description="MIME: class queries attend over the feature map (transformer), a Gaussian bottleneck with a KL "
+                "term, per-class linear logits",
+    reference="Liu et al., ICML 2023 (MIME); docs/methods.md §3.9",
+    cfg_cls=MimeHeadCfg,
+    # the reference uses z = 256 and β = 1e-4 for every dataset (train_mime.py); digits keeps them
+    dataset_defaults={name: {"z_dim": 256, "kl_weight": 1e-4} for name in HYPERPARAMETER_FAMILIES},
+)
 class MimeHead(nn.Module):
     """Label queries over the feature map → per-class Gaussian bottleneck → per-class linear logits."""
 
@@ -200,15 +209,3 @@ class MimeHead(nn.Module):
         z = (mu + std * noise).mean(dim=0)
         regulariser = self.cfg.kl_weight * gaussian_kl(mu=mu.float(), std=std.float())
         return HeadOutput(logits=self.classify(z), regulariser=regulariser)
-
-
-HEADS.register(HeadInfo(
-    name="mime",
-    description="MIME: class queries attend over the feature map (transformer), a Gaussian bottleneck with a KL "
-                "term, per-class linear logits",
-    reference="Liu et al., ICML 2023 (MIME); docs/methods.md §3.9",
-    build=lambda feat_dim, num_classes, cfg: MimeHead(feat_dim, num_classes, cfg),
-    cfg_cls=MimeHeadCfg,
-    # the reference uses z = 256 and β = 1e-4 for every dataset (train_mime.py); digits keeps them
-    dataset_defaults={name: {"z_dim": 256, "kl_weight": 1e-4} for name in HYPERPARAMETER_FAMILIES},
-))

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.train.losses.smile import SMILE_HEAD_OUTPUTS
-from mlpl.stages.train.models import HEADS, HeadInfo, HeadOutput
+from mlpl.stages.train.models import HeadOutput, register_head
 from torch import nn
 
 BETA_EPS = 1e-5  # the reference decoder's Beta(d + 1e-5, 1 − d + 1e-5)
@@ -55,6 +55,17 @@ class SmileHeadCfg:
             raise InputError(f"enhancement_lr_mult must be > 0, got {self.enhancement_lr_mult}")
 
 
+@register_head(
+    name="smile",
+    description="SMILE: linear classifier on pooled features plus the label-enhancement networks its loss trains",
+    reference="Xu et al., NeurIPS 2022 (SMILE); docs/methods.md §3.9",
+    cfg_cls=SmileHeadCfg,
+    # the reference's 1e-3 for the enhancement networks: the real families' classifiers train at 1e-5
+    dataset_defaults={**{name: {"enhancement_lr_mult": 100.0} for name in ("voc", "coco", "nus", "cub")},
+                      "digits": {"enhancement_lr_mult": 1.0}},
+    outputs=SMILE_HEAD_OUTPUTS,
+
+)
 class SmileHead(nn.Module):
     """Pooled features → linear logits; in training also SMILE's enhancement networks' outputs."""
 
@@ -89,14 +100,3 @@ class SmileHead(nn.Module):
                 {"params": enhancement, "lr": lr * self.cfg.enhancement_lr_mult}]
 
 
-HEADS.register(HeadInfo(
-    name="smile",
-    description="SMILE: linear classifier on pooled features plus the label-enhancement networks its loss trains",
-    reference="Xu et al., NeurIPS 2022 (SMILE); docs/methods.md §3.9",
-    build=lambda feat_dim, num_classes, cfg: SmileHead(feat_dim, num_classes, cfg),
-    cfg_cls=SmileHeadCfg,
-    # the reference's 1e-3 for the enhancement networks: the real families' classifiers train at 1e-5
-    dataset_defaults={**{name: {"enhancement_lr_mult": 100.0} for name in ("voc", "coco", "nus", "cub")},
-                      "digits": {"enhancement_lr_mult": 1.0}},
-    outputs=SMILE_HEAD_OUTPUTS,
-))

@@ -30,12 +30,15 @@ import numpy as np
 import torch
 from mlpl.schemas.store import TeacherAttrs, ViewAttrs
 from mlpl.stages.families import FamilyInfo, build_cfg, check_family_table
-from mlpl.stages.registry import Registry
+from mlpl.stages.registry import Registry, register_with
 from mlpl.stages.train.losses import EpochState, LossOutput
 
 SimsReader = Callable[[int], Iterable[tuple[np.ndarray, np.ndarray]]]
 """`read(seed_index)` yields (local rows [n], raw similarities [n, V, C] float32) over every training row
 (`mlpl.schemas.store.Store.seed_chunks` in a run)."""
+
+
+LABEL_STATES: Registry[LabelStateInfo] = Registry("label state")
 
 
 @dataclass(frozen=True)
@@ -227,18 +230,15 @@ class LabelStateInfo:
         return bool(self.uses_sims(cfg) if callable(self.uses_sims) else self.uses_sims)
 
 
-LABEL_STATES: Registry[LabelStateInfo] = Registry("label state")
-
-
 @dataclass(frozen=True)
 class NoStateCfg:
     """`none` has no parameters."""
 
 
-LABEL_STATES.register(LabelStateInfo(
-    name="none", description="no per-image label state", reference="-",
-    create=LabelState, cfg_cls=NoStateCfg,
-))
+register_label_state = register_with(LABEL_STATES, LabelStateInfo, "create")
+"""`@register_label_state(name=..., ...)` on a `LabelState` class (built as `cls(ctx, cfg)`) registers it."""
+
+register_label_state(name="none", description="no per-image label state", reference="-", cfg_cls=NoStateCfg)(LabelState)
 
 
 def get_label_state_info(name: str) -> LabelStateInfo:

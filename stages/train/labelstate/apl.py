@@ -29,7 +29,12 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.labelstate import (
+    LabelState,
+    LabelStateContext,
+    RowTable,
+    register_label_state,
+)
 from mlpl.stages.train.losses import EpochState
 
 
@@ -53,6 +58,15 @@ class AplCfg:
             raise InputError(f"proportion must be in [0, 1], got {self.proportion}")
 
 
+@register_label_state(
+    name="apl",
+    description="asymmetric pseudo-labelling: the lowest-scoring unknown labels become frozen soft negatives",
+    reference="Zhou et al., ECCV 2022; docs/methods.md §3.3",
+    cfg_cls=AplCfg,
+    # digits: VOC's warm-up (half of its 10 epochs), as for EM's α and APL's β
+    dataset_defaults={"voc": {"warmup": 5}, "coco": {"warmup": 5}, "nus": {"warmup": 4}, "cub": {"warmup": 3},
+                      "digits": {"warmup": 5}},
+)
 class AplState(LabelState):
     """Soft negatives per training cell: a flag table and the frozen target p_old (float16)."""
 
@@ -163,13 +177,3 @@ class AplState(LabelState):
         return out
 
 
-LABEL_STATES.register(LabelStateInfo(
-    name="apl",
-    description="asymmetric pseudo-labelling: the lowest-scoring unknown labels become frozen soft negatives",
-    reference="Zhou et al., ECCV 2022; docs/methods.md §3.3",
-    create=AplState,
-    cfg_cls=AplCfg,
-    # digits: VOC's warm-up (half of its 10 epochs), as for EM's α and APL's β
-    dataset_defaults={"voc": {"warmup": 5}, "coco": {"warmup": 5}, "nus": {"warmup": 4}, "cub": {"warmup": 3},
-                      "digits": {"warmup": 5}},
-))

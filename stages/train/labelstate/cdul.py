@@ -34,7 +34,12 @@ import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
-from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.labelstate import (
+    LabelState,
+    LabelStateContext,
+    RowTable,
+    register_label_state,
+)
 from mlpl.stages.train.losses import EpochState, LossOutput
 from mlpl.stages.train.pseudolabels import aggregate_tiles
 
@@ -282,6 +287,14 @@ class CdulState(LabelState):
         self.tables["z"][rows] = torch.where(self.unknown[rows], stepped, z)
 
 
+@register_label_state(
+    name="cdul",
+    description="CDUL: soft pseudo-labels from the teacher's global and tile views, refined by gradient alignment",
+    reference="Abdelfattah et al., CDUL (ICCV 2023); docs/methods.md §4.4, 5",
+    cfg_cls=CdulCfg,
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    uses_sims=True,
+)
 def _create(ctx: LabelStateContext, cfg: CdulCfg) -> CdulState:
     return CdulState(ctx, cfg)
 
@@ -289,12 +302,3 @@ def _create(ctx: LabelStateContext, cfg: CdulCfg) -> CdulState:
 # CDUL gives no per-dataset values (it reports VOC, COCO, NUS; CUB and digits take the same): every family uses
 # the class defaults above. Digits: the built-in teacher records its own learned logit scale, which becomes the
 # temperature as CLIP's does; its tiles see single digits, as CLIP's snippets see single objects.
-LABEL_STATES.register(LabelStateInfo(
-    name="cdul",
-    description="CDUL: soft pseudo-labels from the teacher's global and tile views, refined by gradient alignment",
-    reference="Abdelfattah et al., CDUL (ICCV 2023); docs/methods.md §4.4, 5",
-    create=_create,
-    cfg_cls=CdulCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
-    uses_sims=True,
-))

@@ -37,7 +37,7 @@ import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
-from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.labelstate import LabelStateContext, RowTable, register_label_state
 from mlpl.stages.train.labelstate.soft_labels import (
     STORAGE_DTYPE,
     TEACHER_CLIP,
@@ -109,10 +109,6 @@ class G2netplState(SoftLabelState):
         self.tables["logits"][rows] = torch.where(unknown, moved, z)
 
 
-def create_g2netpl(ctx: LabelStateContext, cfg: G2netplCfg) -> G2netplState:
-    return G2netplState(ctx, cfg)
-
-
 # Neither docs/methods.md nor the project's sources give the paper's values; these are chosen so that a label visited
 # once per epoch reaches a decision within a few epochs: η = 1 lets labels follow predictions between
 # sigmoid(±1) ≈ 0.27..0.73 and saturates the rest; α = 1 with K = 5 moves a label from 0.5 toward a prediction
@@ -120,13 +116,17 @@ def create_g2netpl(ctx: LabelStateContext, cfg: G2netplCfg) -> G2netplState:
 # PLMCL. The same values for every family, digits included (nothing tunes them per dataset).
 _G2NETPL_DEFAULTS = {"tau0": 0.25, "penalty": 1.0, "label_lr": 1.0, "inner_steps": 5}
 
-LABEL_STATES.register(LabelStateInfo(
+
+@register_label_state(
     name="g2netpl",
     description="G2NetPL: per-image soft labels as the pseudo-label player of a non-zero-sum game "
                 "(entropy + penalty toward the prediction); confidence-aware easy-to-hard weights",
     reference="Abdelfattah et al., G2NetPL, BMVC 2022; docs/methods.md §5",
-    create=create_g2netpl,
     cfg_cls=G2netplCfg,
     dataset_defaults={name: dict(_G2NETPL_DEFAULTS) for name in HYPERPARAMETER_FAMILIES},
     uses_sims=lambda cfg: cfg.init == "teacher",
-))
+)
+def create_g2netpl(ctx: LabelStateContext, cfg: G2netplCfg) -> G2netplState:
+    return G2netplState(ctx, cfg)
+
+

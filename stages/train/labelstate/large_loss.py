@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
-from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.labelstate import (
+    LabelState,
+    LabelStateContext,
+    RowTable,
+    register_label_state,
+)
 from mlpl.stages.train.losses import EpochState, LossOutput
 
 
@@ -50,6 +55,13 @@ class PermanentPositivesState(LabelState):
         return float(self.tables["corrected"].data.sum(dtype=torch.int64))
 
 
+@register_label_state(
+    name="ll-cp",
+    description="LL-Cp: corrected labels become permanent observed positives",
+    reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
+    cfg_cls=LlCpStateCfg,
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+)
 class LlCpState(PermanentPositivesState):
     """Permanent positives of LL-Cp: each step's corrections (`out.aux["corrected"]`) are kept."""
 
@@ -65,11 +77,3 @@ class LlCpState(PermanentPositivesState):
         return {"corrected": self.count()}
 
 
-LABEL_STATES.register(LabelStateInfo(
-    name="ll-cp",
-    description="LL-Cp: corrected labels become permanent observed positives",
-    reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
-    create=LlCpState,
-    cfg_cls=LlCpStateCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
-))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateInfo
+from mlpl.stages.train.labelstate import register_label_state
 from mlpl.stages.train.labelstate.large_loss import PermanentPositivesState
 from mlpl.stages.train.losses import EpochState
 
@@ -57,6 +57,16 @@ def pseudo_positives(probs: np.ndarray, observed: np.ndarray, threshold: float) 
     return (np.asarray(observed) == Observed.UNKNOWN) & (np.asarray(probs) > threshold)
 
 
+@register_label_state(
+    name="mime",
+    description="MIME: after the warm-up, unknown labels predicted above 0.95 become permanent positives",
+    reference="Liu et al., ICML 2023 (MIME); docs/methods.md §3.9",
+    cfg_cls=MimeStateCfg,
+    # train_mime.py: θ = 0.95 everywhere, warm-up epoch 2 (CUB 5); digits keeps the common values
+    dataset_defaults={"voc": {"threshold": 0.95, "warmup": 2}, "coco": {"threshold": 0.95, "warmup": 2},
+                      "nus": {"threshold": 0.95, "warmup": 2}, "cub": {"threshold": 0.95, "warmup": 5},
+                      "digits": {"threshold": 0.95, "warmup": 2}},
+)
 class MimeState(PermanentPositivesState):
     """MIME's pseudo-positives, added after each epoch from the warm-up on."""
 
@@ -73,14 +83,3 @@ class MimeState(PermanentPositivesState):
         return {"positives": self.count()}
 
 
-LABEL_STATES.register(LabelStateInfo(
-    name="mime",
-    description="MIME: after the warm-up, unknown labels predicted above 0.95 become permanent positives",
-    reference="Liu et al., ICML 2023 (MIME); docs/methods.md §3.9",
-    create=MimeState,
-    cfg_cls=MimeStateCfg,
-    # train_mime.py: θ = 0.95 everywhere, warm-up epoch 2 (CUB 5); digits keeps the common values
-    dataset_defaults={"voc": {"threshold": 0.95, "warmup": 2}, "coco": {"threshold": 0.95, "warmup": 2},
-                      "nus": {"threshold": 0.95, "warmup": 2}, "cub": {"threshold": 0.95, "warmup": 5},
-                      "digits": {"threshold": 0.95, "warmup": 2}},
-))

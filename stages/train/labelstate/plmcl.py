@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
-from mlpl.stages.train.labelstate import LABEL_STATES, LabelStateContext, LabelStateInfo, RowTable
+from mlpl.stages.train.labelstate import LabelStateContext, RowTable, register_label_state
 from mlpl.stages.train.labelstate.soft_labels import STORAGE_DTYPE, SoftLabelCfg, SoftLabelState, initial_labels
 from mlpl.stages.train.losses import EpochState, LossOutput
 
@@ -98,10 +98,6 @@ class PlmclState(SoftLabelState):
         self.tables["labels"][rows] = torch.where(unknown, new_labels, labels)
 
 
-def create_plmcl(ctx: LabelStateContext, cfg: PlmclCfg) -> PlmclState:
-    return PlmclState(ctx, cfg)
-
-
 # Neither docs/methods.md nor the project's sources give the paper's values; these are chosen for a label updated once
 # per epoch over about 10 epochs. With p fixed, η = 0.1 alone closes the gap to p by 0.9 per visit (35% left
 # after 10 visits); with μ = 0.5 the heavy-ball's gap shrinks like √μ ≈ 0.71 per visit (3% left), the
@@ -110,13 +106,17 @@ def create_plmcl(ctx: LabelStateContext, cfg: PlmclCfg) -> PlmclState:
 # digits included (nothing tunes them per dataset).
 _PLMCL_DEFAULTS = {"tau0": 0.25, "momentum": 0.5, "step": 0.1}
 
-LABEL_STATES.register(LabelStateInfo(
+
+@register_label_state(
     name="plmcl",
     description="PLMCL: per-image soft labels moved toward the network by heavy-ball momentum; "
                 "confidence-aware easy-to-hard weights",
     reference="Abdelfattah et al., PLMCL, ECCV-W 2022; docs/methods.md §5",
-    create=create_plmcl,
     cfg_cls=PlmclCfg,
     dataset_defaults={name: dict(_PLMCL_DEFAULTS) for name in HYPERPARAMETER_FAMILIES},
     uses_sims=lambda cfg: cfg.init == "teacher",
-))
+)
+def create_plmcl(ctx: LabelStateContext, cfg: PlmclCfg) -> PlmclState:
+    return PlmclState(ctx, cfg)
+
+

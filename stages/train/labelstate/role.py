@@ -29,7 +29,11 @@ import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
-from mlpl.stages.train.labelstate import LABEL_STATES, LabelState, LabelStateContext, LabelStateInfo
+from mlpl.stages.train.labelstate import (
+    LabelState,
+    LabelStateContext,
+    register_label_state,
+)
 
 
 def logit(p: float) -> float:
@@ -67,6 +71,13 @@ def initial_logits(observed: np.ndarray, seed: int) -> torch.Tensor:
     return init
 
 
+@register_label_state(
+    name="role",
+    description="ROLE: a learnable per-image label estimator trained jointly with the network",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
+    cfg_cls=RoleCfg,
+    dataset_defaults={name: {"lr_mult": 10.0} for name in HYPERPARAMETER_FAMILIES},
+)
 class RoleState(LabelState):
     """The label estimator g (one row of logits per training image)."""
 
@@ -105,11 +116,3 @@ class RoleState(LabelState):
         return super().memory_bytes() + self.logits.numel() * self.logits.element_size()
 
 
-LABEL_STATES.register(LabelStateInfo(
-    name="role",
-    description="ROLE: a learnable per-image label estimator trained jointly with the network",
-    reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
-    create=RoleState,
-    cfg_cls=RoleCfg,
-    dataset_defaults={name: {"lr_mult": 10.0} for name in HYPERPARAMETER_FAMILIES},
-))

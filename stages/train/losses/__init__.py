@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from mlpl.stages.families import FamilyInfo, build_cfg, check_family_table
-from mlpl.stages.registry import Registry
+from mlpl.stages.registry import Registry, register_with
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,8 @@ class LossInfo:
 
 
 LOSSES: Registry[LossInfo] = Registry("loss")
+register_loss = register_with(LOSSES, LossInfo, "fn")
+"""`@register_loss(name=..., description=..., ...)` on a loss function registers it."""
 
 
 def get_loss_info(name: str) -> LossInfo:

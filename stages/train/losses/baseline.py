@@ -23,14 +23,13 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES, M_FROM_FAMILY
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     expected_positives_regulariser,
     make_output,
     nlog,
+    register_loss,
     working_logits,
 )
 
@@ -104,6 +103,21 @@ class EprCfg:
             raise InputError(f"observed_negative must be 'ignore' or 'negative', got {self.observed_negative!r}")
 
 
+_NO_DATASET_DEFAULTS: dict[str, dict] = {name: {} for name in HYPERPARAMETER_FAMILIES}
+# m: the family's expected positives, docs/methods.md §1.1 (Cole et al.'s code has COCO 2.5; the later
+# papers use 2.9, as stages/families.py does)
+_EPR_DEFAULTS = M_FROM_FAMILY
+
+
+@register_loss(
+    name="bce",
+    description="binary cross-entropy on observed labels (full-label upper bound); unknowns take the "
+                "pseudo-label when one is given",
+    reference="docs/methods.md §3.1; AEVLP Table 2 (BCE+DAMP)",
+    cfg_cls=BceCfg,
+    dataset_defaults=_NO_DATASET_DEFAULTS,
+    needs_pseudo=False,
+)
 def bce(
     *,
     logits: torch.Tensor,
@@ -141,6 +155,14 @@ def bce(
     return make_output(cells)
 
 
+@register_loss(
+    name="an",
+    description="assume negative: every unobserved label is a negative",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
+    cfg_cls=AnCfg,
+    dataset_defaults=_NO_DATASET_DEFAULTS,
+    needs_pseudo=False,
+)
 def an(
     *,
     logits: torch.Tensor,
@@ -167,6 +189,14 @@ def an(
     return make_output(cells)
 
 
+@register_loss(
+    name="an-ls",
+    description="assume negative with symmetric label smoothing (0.1)",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
+    cfg_cls=AnLsCfg,
+    dataset_defaults=_NO_DATASET_DEFAULTS,
+    needs_pseudo=False,
+)
 def an_ls(
     *,
     logits: torch.Tensor,
@@ -198,6 +228,14 @@ def an_ls(
     return make_output(cells)
 
 
+@register_loss(
+    name="wan",
+    description="weak assume negative: assumed negatives weighted 1/(C-1)",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
+    cfg_cls=WanCfg,
+    dataset_defaults=_NO_DATASET_DEFAULTS,
+    needs_pseudo=False,
+)
 def wan(
     *,
     logits: torch.Tensor,
@@ -233,6 +271,15 @@ def wan(
     return make_output(cells)
 
 
+@register_loss(
+    name="epr",
+    description="expected positive regularisation: observed positives plus a penalty pulling the predicted "
+                "number of positives toward m",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
+    cfg_cls=EprCfg,
+    dataset_defaults=_EPR_DEFAULTS,
+    needs_pseudo=False,
+)
 def epr(
     *,
     logits: torch.Tensor,
@@ -266,56 +313,3 @@ def epr(
     return make_output(cells, expected_positives_regulariser(p, cfg.m))
 
 
-_NO_DATASET_DEFAULTS: dict[str, dict] = {name: {} for name in HYPERPARAMETER_FAMILIES}
-
-# m: the family's expected positives, docs/methods.md §1.1 (Cole et al.'s code has COCO 2.5; the later
-# papers use 2.9, as stages/families.py does)
-_EPR_DEFAULTS = M_FROM_FAMILY
-
-LOSSES.register(LossInfo(
-    name="bce",
-    description="binary cross-entropy on observed labels (full-label upper bound); unknowns take the "
-                "pseudo-label when one is given",
-    reference="docs/methods.md §3.1; AEVLP Table 2 (BCE+DAMP)",
-    fn=bce,
-    cfg_cls=BceCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="an",
-    description="assume negative: every unobserved label is a negative",
-    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
-    fn=an,
-    cfg_cls=AnCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="an-ls",
-    description="assume negative with symmetric label smoothing (0.1)",
-    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
-    fn=an_ls,
-    cfg_cls=AnLsCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="wan",
-    description="weak assume negative: assumed negatives weighted 1/(C-1)",
-    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
-    fn=wan,
-    cfg_cls=WanCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="epr",
-    description="expected positive regularisation: observed positives plus a penalty pulling the predicted "
-                "number of positives toward m",
-    reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
-    fn=epr,
-    cfg_cls=EprCfg,
-    dataset_defaults=_EPR_DEFAULTS,
-    needs_pseudo=False,
-))

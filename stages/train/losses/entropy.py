@@ -28,13 +28,12 @@ import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     make_output,
     nlog,
+    register_loss,
     working_logits,
 )
 
@@ -117,6 +116,14 @@ def _em_cells(p: torch.Tensor, observed: torch.Tensor, alpha: float) -> torch.Te
                                    negative_entropy_term(p, alpha)))
 
 
+@register_loss(
+    name="em",
+    description="entropy maximisation: observed positives plus the negative entropy of unknown labels",
+    reference="Zhou et al., ECCV 2022; docs/methods.md §3.1",
+    cfg_cls=EmCfg,
+    dataset_defaults={name: {"alpha": alpha} for name, alpha in _ALPHA.items()},
+    needs_pseudo=False,
+)
 def em(
     *,
     logits: torch.Tensor,
@@ -142,6 +149,16 @@ def em(
     return make_output(_em_cells(p, observed, cfg.alpha))
 
 
+@register_loss(
+    name="em-apl",
+    description="EM plus asymmetric pseudo-labelling: the lowest-scoring unknown labels become frozen soft "
+                "negatives",
+    reference="Zhou et al., ECCV 2022; docs/methods.md §3.3",
+    cfg_cls=EmAplCfg,
+    dataset_defaults={name: {"alpha": _ALPHA[name], "beta": _BETA[name]} for name in _ALPHA},
+    needs_pseudo=False,
+    label_state="apl",
+)
 def em_apl(
     *,
     logits: torch.Tensor,
@@ -178,6 +195,15 @@ def em_apl(
     return make_output(cells)
 
 
+@register_loss(
+    name="vlpl",
+    description="VLPL: EM plus smoothed positive pseudo-labels from the teacher",
+    reference="Xing et al., 2023 (VLPL); docs/methods.md §3.8",
+    cfg_cls=VlplLossCfg,
+    dataset_defaults={name: {"alpha": alpha, "positive_weight": 0.7, "positive_target": 0.9}
+                      for name, alpha in _ALPHA.items()},
+    needs_pseudo=True,
+)
 def vlpl(
     *,
     logits: torch.Tensor,
@@ -214,33 +240,3 @@ def vlpl(
     return make_output(cells)
 
 
-LOSSES.register(LossInfo(
-    name="em",
-    description="entropy maximisation: observed positives plus the negative entropy of unknown labels",
-    reference="Zhou et al., ECCV 2022; docs/methods.md §3.1",
-    fn=em,
-    cfg_cls=EmCfg,
-    dataset_defaults={name: {"alpha": alpha} for name, alpha in _ALPHA.items()},
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="em-apl",
-    description="EM plus asymmetric pseudo-labelling: the lowest-scoring unknown labels become frozen soft "
-                "negatives",
-    reference="Zhou et al., ECCV 2022; docs/methods.md §3.3",
-    fn=em_apl,
-    cfg_cls=EmAplCfg,
-    dataset_defaults={name: {"alpha": _ALPHA[name], "beta": _BETA[name]} for name in _ALPHA},
-    needs_pseudo=False,
-    label_state="apl",
-))
-LOSSES.register(LossInfo(
-    name="vlpl",
-    description="VLPL: EM plus smoothed positive pseudo-labels from the teacher",
-    reference="Xing et al., 2023 (VLPL); docs/methods.md §3.8",
-    fn=vlpl,
-    cfg_cls=VlplLossCfg,
-    dataset_defaults={name: {"alpha": alpha, "positive_weight": 0.7, "positive_target": 0.9}
-                      for name, alpha in _ALPHA.items()},
-    needs_pseudo=True,
-))

@@ -31,14 +31,17 @@ import torch.nn.functional as F
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     make_output,
+    register_loss,
     working_logits,
 )
+
+
+def _deltas(spec: float, digits: float) -> dict[str, dict]:
+    return {**{name: {"delta": spec} for name in ("voc", "coco", "nus", "cub")}, "digits": {"delta": digits}}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +134,23 @@ def _large_loss(name: str, logits: torch.Tensor, observed: torch.Tensor, pseudo:
     return make_output(cells, aux={"corrected" if correct else "rejected": selected})
 
 
+# Δ: docs/methods.md §3.4 for the four real families. digits: the documented value × 6,
+# the ratio of hidden positives per cell
+# (digits (2.5 − 1)/10 = 0.15 against VOC's (1.5 − 1)/20 = 0.025), so that the modified share keeps the same
+# proportion to the hidden positives as in the paper.
+LL_R_DEFAULTS = _deltas(0.5, 3.0)
+LL_CT_DEFAULTS = _deltas(0.2, 1.2)
+LL_CP_DEFAULTS = _deltas(0.1, 0.6)
+
+
+@register_loss(
+    name="ll-r",
+    description="large loss rejection: assume negative, the largest unknown losses dropped (a growing share)",
+    reference="Kim et al., CVPR 2022 (LL-R); docs/methods.md §3.4",
+    cfg_cls=LargeLossCfg,
+    dataset_defaults=LL_R_DEFAULTS,
+    needs_pseudo=False,
+)
 def ll_r(
     *,
     logits: torch.Tensor,
@@ -154,6 +174,14 @@ def ll_r(
     return _large_loss("ll-r", logits, observed, pseudo, epoch, cfg, correct=False, cumulative=True)
 
 
+@register_loss(
+    name="ll-ct",
+    description="large loss correction (temporary): the largest unknown losses get target 1 for the step",
+    reference="Kim et al., CVPR 2022 (LL-Ct); docs/methods.md §3.4",
+    cfg_cls=LargeLossCfg,
+    dataset_defaults=LL_CT_DEFAULTS,
+    needs_pseudo=False,
+)
 def ll_ct(
     *,
     logits: torch.Tensor,
@@ -177,6 +205,15 @@ def ll_ct(
     return _large_loss("ll-ct", logits, observed, pseudo, epoch, cfg, correct=True, cumulative=True)
 
 
+@register_loss(
+    name="ll-cp",
+    description="large loss correction (permanent): the largest unknown losses become observed positives",
+    reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
+    cfg_cls=LargeLossCfg,
+    dataset_defaults=LL_CP_DEFAULTS,
+    needs_pseudo=False,
+    label_state="ll-cp",
+)
 def ll_cp(
     *,
     logits: torch.Tensor,
@@ -203,43 +240,3 @@ def ll_cp(
     return _large_loss("ll-cp", logits, observed, pseudo, epoch, cfg, correct=True, cumulative=False)
 
 
-def _deltas(spec: float, digits: float) -> dict[str, dict]:
-    return {**{name: {"delta": spec} for name in ("voc", "coco", "nus", "cub")}, "digits": {"delta": digits}}
-
-
-# Δ: docs/methods.md §3.4 for the four real families. digits: the documented value × 6,
-# the ratio of hidden positives per cell
-# (digits (2.5 − 1)/10 = 0.15 against VOC's (1.5 − 1)/20 = 0.025), so that the modified share keeps the same
-# proportion to the hidden positives as in the paper.
-LL_R_DEFAULTS = _deltas(0.5, 3.0)
-LL_CT_DEFAULTS = _deltas(0.2, 1.2)
-LL_CP_DEFAULTS = _deltas(0.1, 0.6)
-
-LOSSES.register(LossInfo(
-    name="ll-r",
-    description="large loss rejection: assume negative, the largest unknown losses dropped (a growing share)",
-    reference="Kim et al., CVPR 2022 (LL-R); docs/methods.md §3.4",
-    fn=ll_r,
-    cfg_cls=LargeLossCfg,
-    dataset_defaults=LL_R_DEFAULTS,
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="ll-ct",
-    description="large loss correction (temporary): the largest unknown losses get target 1 for the step",
-    reference="Kim et al., CVPR 2022 (LL-Ct); docs/methods.md §3.4",
-    fn=ll_ct,
-    cfg_cls=LargeLossCfg,
-    dataset_defaults=LL_CT_DEFAULTS,
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="ll-cp",
-    description="large loss correction (permanent): the largest unknown losses become observed positives",
-    reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
-    fn=ll_cp,
-    cfg_cls=LargeLossCfg,
-    dataset_defaults=LL_CP_DEFAULTS,
-    needs_pseudo=False,
-    label_state="ll-cp",
-))

@@ -24,12 +24,11 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     make_output,
+    register_loss,
     working_logits,
 )
 
@@ -70,6 +69,15 @@ def label_proportion_weight(observed: torch.Tensor, cfg: PartialBceCfg, dtype: t
     return torch.where(q > 0, cfg.a * q ** cfg.gamma + cfg.b, torch.zeros_like(q))
 
 
+@register_loss(
+    name="partial-bce",
+    description="partial-label BCE over observed labels, each image weighted by g(fraction of its labels "
+                "observed)",
+    reference="Durand et al., CVPR 2019; docs/methods.md §3.1",
+    cfg_cls=PartialBceCfg,
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    needs_pseudo=False,
+)
 def partial_bce(
     *,
     logits: torch.Tensor,
@@ -105,13 +113,3 @@ def partial_bce(
     return make_output(weight * terms)
 
 
-LOSSES.register(LossInfo(
-    name="partial-bce",
-    description="partial-label BCE over observed labels, each image weighted by g(fraction of its labels "
-                "observed)",
-    reference="Durand et al., CVPR 2019; docs/methods.md §3.1",
-    fn=partial_bce,
-    cfg_cls=PartialBceCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
-    needs_pseudo=False,
-))

@@ -21,14 +21,13 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
 from mlpl.stages.families import EXPECTED_POSITIVES
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     expected_positives_regulariser,
     make_output,
     nlog,
+    register_loss,
     working_logits,
 )
 
@@ -135,6 +134,35 @@ def _gr_unknown_term(x: torch.Tensor, k_hat: torch.Tensor, v: torch.Tensor, q1: 
     return v * (k_hat * (1 - p_pow_q2) / q2 + (1 - k_hat) * (1 - not_p_pow_q1) / q1)
 
 
+_GR_DEFAULTS: dict[str, dict] = {
+    "voc": {"beta": _BETA_VOC, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
+    "coco": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
+    "nus": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
+    "cub": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.5, "q2": 0.01},
+    # digits: COCO's values (no paper tunes GR on digits).
+    "digits": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
+}
+# docs/methods.md §3.7's table. digits: COCO's β, α, λ, η. m: the family's expected positives.
+_GPR_DEFAULTS: dict[str, dict] = {
+    name: {**_GR_DEFAULTS[name], "q3": 0.9, "m": EXPECTED_POSITIVES, **extra}
+    for name, extra in {
+        "voc": {"lambda1": 0.4, "lambda2": 0.7, "eta": 0.05},
+        "coco": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
+        "nus": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
+        "cub": {"lambda1": 0.2, "lambda2": 0.8, "eta": 0.01},
+        "digits": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
+    }.items()
+}
+
+
+@register_loss(
+    name="gr",
+    description="generalised robust loss: scheduled soft weights on unknown labels",
+    reference="Chen et al., IJCAI 2024; docs/methods.md §3.6",
+    cfg_cls=GrCfg,
+    dataset_defaults=_GR_DEFAULTS,
+    needs_pseudo=False,
+)
 def gr(
     *,
     logits: torch.Tensor,
@@ -169,6 +197,15 @@ def gr(
     return make_output(cells)
 
 
+@register_loss(
+    name="gpr",
+    description="generalised pseudo-label robust loss (AEVLP): GR plus weighted positive/negative "
+                "pseudo-labels and an expected-positives regulariser",
+    reference="Tran et al., ICCV 2025 (AEVLP); docs/methods.md §3.7",
+    cfg_cls=GprCfg,
+    dataset_defaults=_GPR_DEFAULTS,
+    needs_pseudo=True,
+)
 def gpr(
     *,
     logits: torch.Tensor,
@@ -210,43 +247,3 @@ def gpr(
     return make_output(cells, cfg.eta * expected_positives_regulariser(p, cfg.m))
 
 
-_GR_DEFAULTS: dict[str, dict] = {
-    "voc": {"beta": _BETA_VOC, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
-    "coco": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
-    "nus": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
-    "cub": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.5, "q2": 0.01},
-    # digits: COCO's values (no paper tunes GR on digits).
-    "digits": {"beta": _BETA_OTHER, "alpha": _ALPHA, "q1": 1.0, "q2": 0.01},
-}
-
-# docs/methods.md §3.7's table. digits: COCO's β, α, λ, η. m: the family's expected positives.
-_GPR_DEFAULTS: dict[str, dict] = {
-    name: {**_GR_DEFAULTS[name], "q3": 0.9, "m": EXPECTED_POSITIVES, **extra}
-    for name, extra in {
-        "voc": {"lambda1": 0.4, "lambda2": 0.7, "eta": 0.05},
-        "coco": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
-        "nus": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
-        "cub": {"lambda1": 0.2, "lambda2": 0.8, "eta": 0.01},
-        "digits": {"lambda1": 0.5, "lambda2": 0.7, "eta": 0.001},
-    }.items()
-}
-
-LOSSES.register(LossInfo(
-    name="gr",
-    description="generalised robust loss: scheduled soft weights on unknown labels",
-    reference="Chen et al., IJCAI 2024; docs/methods.md §3.6",
-    fn=gr,
-    cfg_cls=GrCfg,
-    dataset_defaults=_GR_DEFAULTS,
-    needs_pseudo=False,
-))
-LOSSES.register(LossInfo(
-    name="gpr",
-    description="generalised pseudo-label robust loss (AEVLP): GR plus weighted positive/negative "
-                "pseudo-labels and an expected-positives regulariser",
-    reference="Tran et al., ICCV 2025 (AEVLP); docs/methods.md §3.7",
-    fn=gpr,
-    cfg_cls=GprCfg,
-    dataset_defaults=_GPR_DEFAULTS,
-    needs_pseudo=True,
-))

@@ -28,14 +28,13 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import M_FROM_FAMILY
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     expected_positives_regulariser,
     make_output,
     nlog,
+    register_loss,
     working_logits,
 )
 
@@ -69,6 +68,16 @@ def _cross_entropy_toward(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return target * nlog(x, EPS) + (1 - target) * nlog(1 - x, EPS)
 
 
+@register_loss(
+    name="role",
+    description="ROLE: online label estimation; the network and a learnable label matrix teach each other",
+    reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
+    cfg_cls=RoleLossCfg,
+    # m: the family's expected positives, docs/methods.md §1.1 (the released code's table has COCO 2.5; 2.9 is used)
+    dataset_defaults=M_FROM_FAMILY,
+    needs_pseudo=False,
+    label_state="role",
+)
 def role(
     *,
     logits: torch.Tensor,
@@ -103,14 +112,3 @@ def role(
     return make_output(cells, regulariser)
 
 
-LOSSES.register(LossInfo(
-    name="role",
-    description="ROLE: online label estimation; the network and a learnable label matrix teach each other",
-    reference="Cole et al., CVPR 2021; docs/methods.md §3.2",
-    fn=role,
-    cfg_cls=RoleLossCfg,
-    # m: the family's expected positives, docs/methods.md §1.1 (the released code's table has COCO 2.5; 2.9 is used)
-    dataset_defaults=M_FROM_FAMILY,
-    needs_pseudo=False,
-    label_state="role",
-))

@@ -56,13 +56,12 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES, get_family_info
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     make_output,
     nlog,
+    register_loss,
     working_logits,
 )
 
@@ -161,6 +160,23 @@ def enhanced_labels(distribution: torch.Tensor, observed: torch.Tensor, cfg: Smi
     return (cfg.mu * distribution + (1 - cfg.mu) * prior).detach()
 
 
+def _smile_defaults() -> dict[str, dict]:
+    # p = (m − 1)/(C − 1): the expected share of hidden positives among a single-positive image's unknown cells
+    families = [get_family_info(name) for name in HYPERPARAMETER_FAMILIES]
+    defaults = {f.name: {"p": round((f.expected_positives - 1) / (f.num_classes - 1), 4)} for f in families}
+    defaults["cub"]["bias"] = True
+    return defaults
+
+
+@register_loss(
+    name="smile",
+    description="SMILE: a classifier trained on labels enhanced by a variational label-distribution network",
+    reference="Xu et al., NeurIPS 2022 (SMILE); docs/methods.md §3.9",
+    cfg_cls=SmileCfg,
+    dataset_defaults=_smile_defaults(),
+    needs_pseudo=False,
+    head_outputs=SMILE_HEAD_OUTPUTS,
+)
 def smile(
     *,
     logits: torch.Tensor,
@@ -207,21 +223,3 @@ def smile(
     return make_output(cells, enhancement, aux={"enhanced": target})
 
 
-def _smile_defaults() -> dict[str, dict]:
-    # p = (m − 1)/(C − 1): the expected share of hidden positives among a single-positive image's unknown cells
-    families = [get_family_info(name) for name in HYPERPARAMETER_FAMILIES]
-    defaults = {f.name: {"p": round((f.expected_positives - 1) / (f.num_classes - 1), 4)} for f in families}
-    defaults["cub"]["bias"] = True
-    return defaults
-
-
-LOSSES.register(LossInfo(
-    name="smile",
-    description="SMILE: a classifier trained on labels enhanced by a variational label-distribution network",
-    reference="Xu et al., NeurIPS 2022 (SMILE); docs/methods.md §3.9",
-    fn=smile,
-    cfg_cls=SmileCfg,
-    dataset_defaults=_smile_defaults(),
-    needs_pseudo=False,
-    head_outputs=SMILE_HEAD_OUTPUTS,
-))

@@ -28,12 +28,11 @@ import torch.nn.functional as F
 from mlpl.schemas.labels import Observed
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES
 from mlpl.stages.train.losses import (
-    LOSSES,
     EpochState,
-    LossInfo,
     LossOutput,
     check_loss_inputs,
     make_output,
+    register_loss,
     working_logits,
 )
 
@@ -43,6 +42,15 @@ class SoftBceCfg:
     """`soft-bce` has no hyperparameters of its own: targets and weights come from the label state."""
 
 
+@register_loss(
+    name="soft-bce",
+    description="BCE on observed labels + confidence-weighted soft-target BCE toward learnable per-image labels",
+    reference="Abdelfattah et al. (CDUL ICCV 2023, PLMCL 2022, G2NetPL BMVC 2022); docs/methods.md §5",
+    cfg_cls=SoftBceCfg,
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    needs_pseudo=False,
+    label_state=("cdul", "plmcl", "g2netpl"),
+)
 def soft_bce(
     *,
     logits: torch.Tensor,
@@ -79,13 +87,3 @@ def soft_bce(
     return make_output(cells)
 
 
-LOSSES.register(LossInfo(
-    name="soft-bce",
-    description="BCE on observed labels + confidence-weighted soft-target BCE toward learnable per-image labels",
-    reference="Abdelfattah et al. (CDUL ICCV 2023, PLMCL 2022, G2NetPL BMVC 2022); docs/methods.md §5",
-    fn=soft_bce,
-    cfg_cls=SoftBceCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
-    needs_pseudo=False,
-    label_state=("cdul", "plmcl", "g2netpl"),
-))

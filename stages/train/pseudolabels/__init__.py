@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from mlpl.schemas.labels import Pseudo
 from mlpl.stages.families import FamilyInfo, build_cfg, check_family_table
-from mlpl.stages.registry import Registry
+from mlpl.stages.registry import Registry, register_with
 
 PseudoLabelFn = Callable[..., torch.Tensor]
 
@@ -60,6 +60,8 @@ class PseudoLabellerInfo:
 
 
 PSEUDOLABELLERS: Registry[PseudoLabellerInfo] = Registry("pseudo-labeller")
+register_pseudolabeller = register_with(PSEUDOLABELLERS, PseudoLabellerInfo, "fn")
+"""`@register_pseudolabeller(name=..., ...)` on a pseudo-labelling function registers it."""
 
 
 def get_pseudolabeller_info(name: str) -> PseudoLabellerInfo:

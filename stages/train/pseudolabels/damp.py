@@ -14,11 +14,10 @@ import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
 from mlpl.stages.train.pseudolabels import (
-    PSEUDOLABELLERS,
-    PseudoLabellerInfo,
     aggregate_tiles,
     check_pseudo_inputs,
     readable_sims,
+    register_pseudolabeller,
     undefined_where_unreadable,
 )
 
@@ -96,6 +95,25 @@ def damp_scores(sims: torch.Tensor, observed: torch.Tensor, cfg: DampCfg) -> Dam
     )
 
 
+# docs/methods.md §4.3's table; digits: chosen by validation mAP of AEVLP runs over a small grid
+# (benchmarks/tune_digits_damp.py; the selection is recorded in benchmarks/RESULTS.md).
+_DAMP_DEFAULTS: dict[str, dict] = {
+    "voc": {"tau": 0.01, "nu": 0.0, "zeta_global": 0.5, "top_k": 3, "delta_neg": 0.2},
+    "coco": {"tau": 0.01, "nu": 0.3, "zeta_global": 0.5, "top_k": 3, "delta_neg": 0.3},
+    "nus": {"tau": 0.01, "nu": 0.3, "zeta_global": 0.6, "top_k": 3, "delta_neg": 0.2},
+    "cub": {"tau": 0.1, "nu": 0.005, "zeta_global": 0.005, "top_k": 32, "delta_neg": 0.2},
+    "digits": {"tau": 0.05, "nu": 0.3, "zeta_global": 0.3, "top_k": 3, "delta_neg": 0.3},
+}
+
+
+@register_pseudolabeller(
+    name="damp",
+    description="DAMP: global view plus max/min over tiles, top-k positives above a threshold, "
+                "lowest-scoring classes negative",
+    reference="Tran et al., ICCV 2025 (AEVLP); docs/methods.md §4.3",
+    cfg_cls=DampCfg,
+    dataset_defaults=_DAMP_DEFAULTS,
+)
 def damp(
     *,
     sims: torch.Tensor,
@@ -137,22 +155,3 @@ def damp(
     return undefined_where_unreadable(labels, unreadable)
 
 
-# docs/methods.md §4.3's table; digits: chosen by validation mAP of AEVLP runs over a small grid
-# (benchmarks/tune_digits_damp.py; the selection is recorded in benchmarks/RESULTS.md).
-_DAMP_DEFAULTS: dict[str, dict] = {
-    "voc": {"tau": 0.01, "nu": 0.0, "zeta_global": 0.5, "top_k": 3, "delta_neg": 0.2},
-    "coco": {"tau": 0.01, "nu": 0.3, "zeta_global": 0.5, "top_k": 3, "delta_neg": 0.3},
-    "nus": {"tau": 0.01, "nu": 0.3, "zeta_global": 0.6, "top_k": 3, "delta_neg": 0.2},
-    "cub": {"tau": 0.1, "nu": 0.005, "zeta_global": 0.005, "top_k": 32, "delta_neg": 0.2},
-    "digits": {"tau": 0.05, "nu": 0.3, "zeta_global": 0.3, "top_k": 3, "delta_neg": 0.3},
-}
-
-PSEUDOLABELLERS.register(PseudoLabellerInfo(
-    name="damp",
-    description="DAMP: global view plus max/min over tiles, top-k positives above a threshold, "
-                "lowest-scoring classes negative",
-    reference="Tran et al., ICCV 2025 (AEVLP); docs/methods.md §4.3",
-    fn=damp,
-    cfg_cls=DampCfg,
-    dataset_defaults=_DAMP_DEFAULTS,
-))

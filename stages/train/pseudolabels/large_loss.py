@@ -14,9 +14,19 @@ import torch
 from mlpl.schemas.labels import Pseudo
 from mlpl.stages.train.losses import EpochState
 from mlpl.stages.train.losses.large_loss import LL_CT_DEFAULTS, LargeLossCfg, large_loss_selection
-from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, PseudoLabellerInfo
+from mlpl.stages.train.pseudolabels import register_pseudolabeller
 
 
+@register_pseudolabeller(
+    name="ll-ct",
+    description="LL-Ct corrections: positives where the network's assume-negative loss on an unknown label "
+                "is among the batch's largest",
+    reference="Kim et al., CVPR 2022 (LL-Ct); Tran et al., ICCV 2025, Table 2 (GPR+LL-Ct); docs/methods.md §4.4",
+    cfg_cls=LargeLossCfg,
+    dataset_defaults=LL_CT_DEFAULTS,
+    uses_sims=False,
+    needs_logits=True,
+)
 def ll_ct_positives(
     *,
     sims: torch.Tensor | None,
@@ -46,14 +56,3 @@ def ll_ct_positives(
     return torch.where(selected, int(Pseudo.POSITIVE), int(Pseudo.UNDEFINED)).to(torch.int8)
 
 
-PSEUDOLABELLERS.register(PseudoLabellerInfo(
-    name="ll-ct",
-    description="LL-Ct corrections: positives where the network's assume-negative loss on an unknown label "
-                "is among the batch's largest",
-    reference="Kim et al., CVPR 2022 (LL-Ct); Tran et al., ICCV 2025, Table 2 (GPR+LL-Ct); docs/methods.md §4.4",
-    fn=ll_ct_positives,
-    cfg_cls=LargeLossCfg,
-    dataset_defaults=LL_CT_DEFAULTS,
-    uses_sims=False,
-    needs_logits=True,
-))

@@ -13,10 +13,9 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
 from mlpl.stages.families import HYPERPARAMETER_FAMILIES, M_FROM_FAMILY
 from mlpl.stages.train.pseudolabels import (
-    PSEUDOLABELLERS,
-    PseudoLabellerInfo,
     check_pseudo_inputs,
     readable_sims,
+    register_pseudolabeller,
     undefined_where_unreadable,
 )
 
@@ -58,6 +57,13 @@ class NoneCfg:
     """`none` has no parameters."""
 
 
+@register_pseudolabeller(
+    name="vlpl",
+    description="VLPL: positives where the global view's softmax score exceeds a threshold",
+    reference="Xing et al., 2023 (VLPL); docs/methods.md §4.4",
+    cfg_cls=VlplCfg,
+    dataset_defaults={name: {"tau": 0.01, "threshold": 0.3} for name in HYPERPARAMETER_FAMILIES},
+)
 def vlpl(
     *,
     sims: torch.Tensor,
@@ -83,6 +89,13 @@ def vlpl(
     return undefined_where_unreadable(labels, unreadable)
 
 
+@register_pseudolabeller(
+    name="random",
+    description="random positives among unknown labels, (m - 1) per image on average",
+    reference="Tran et al., ICCV 2025, Table 2 (GPR+Random); docs/methods.md §4.4",
+    cfg_cls=RandomCfg,
+    dataset_defaults=M_FROM_FAMILY,  # m: the family's expected positives (docs/methods.md §1.1)
+)
 def random_positives(
     *,
     sims: torch.Tensor,
@@ -115,6 +128,14 @@ def random_positives(
     return undefined_where_unreadable(labels, unreadable)
 
 
+@register_pseudolabeller(
+    name="none",
+    description="no pseudo-labels (all undefined)",
+    reference="docs/methods.md §4.4",
+    cfg_cls=NoneCfg,
+    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    uses_sims=False,
+)
 def no_pseudo_labels(
     *,
     sims: torch.Tensor | None,
@@ -138,28 +159,3 @@ def no_pseudo_labels(
     return torch.zeros(observed.shape, dtype=torch.int8, device=observed.device)
 
 
-PSEUDOLABELLERS.register(PseudoLabellerInfo(
-    name="vlpl",
-    description="VLPL: positives where the global view's softmax score exceeds a threshold",
-    reference="Xing et al., 2023 (VLPL); docs/methods.md §4.4",
-    fn=vlpl,
-    cfg_cls=VlplCfg,
-    dataset_defaults={name: {"tau": 0.01, "threshold": 0.3} for name in HYPERPARAMETER_FAMILIES},
-))
-PSEUDOLABELLERS.register(PseudoLabellerInfo(
-    name="random",
-    description="random positives among unknown labels, (m - 1) per image on average",
-    reference="Tran et al., ICCV 2025, Table 2 (GPR+Random); docs/methods.md §4.4",
-    fn=random_positives,
-    cfg_cls=RandomCfg,
-    dataset_defaults=M_FROM_FAMILY,  # m: the family's expected positives (docs/methods.md §1.1)
-))
-PSEUDOLABELLERS.register(PseudoLabellerInfo(
-    name="none",
-    description="no pseudo-labels (all undefined)",
-    reference="docs/methods.md §4.4",
-    fn=no_pseudo_labels,
-    cfg_cls=NoneCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
-    uses_sims=False,
-))
