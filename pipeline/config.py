@@ -9,39 +9,56 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from mlpl.schemas.errors import InputError
 from mlpl.stages.families import FamilyInfo, family_entry, family_of_dataset_name, get_family_info, list_families
-from mlpl.stages.train.config import EARLY_STOP_RULES, TrainCfg
+from mlpl.stages.registry import check_type
+from mlpl.stages.train.config import TrainCfg
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainCfg)}
 _PRESET_KEYS = set(_FIELDS) - {"method", "dataset", "out", "family"}
 
 
-def _check_types(d: dict[str, Any], where: str) -> None:
-    for k, v in d.items():
-        if k not in _FIELDS:
-            raise InputError(f"{where}: unknown key {k!r}; known keys: {sorted(_PRESET_KEYS)}")
-        ftype = str(_FIELDS[k].type)
-        ok = {
-            "int": isinstance(v, int) and not isinstance(v, bool),
-            "float": isinstance(v, int | float) and not isinstance(v, bool),
-            "bool": isinstance(v, bool),
-            "str": isinstance(v, str),
-            "dict[str, Any]": isinstance(v, dict),
-            "str | None": v is None or isinstance(v, str),
-            "int | None": v is None or (isinstance(v, int) and not isinstance(v, bool)),
-        }.get(ftype, True)
-        if not ok:
-            raise InputError(f"{where}: key {k!r} must be {ftype}, got {v!r}")
+_HINTS = typing.get_type_hints(TrainCfg)
+
+
+def _check_layer(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """One configuration layer checked against `TrainCfg` with the one type checker (`check_type`)."""
+    unknown = sorted(set(d) - set(_FIELDS))
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r}; known keys: {sorted(_PRESET_KEYS)}")
+    return {k: check_type(v, _HINTS[k], f"{where}: key {k!r}") for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Settings given on the command line (the layer that wins), checked against `TrainCfg` when made.
+
+    `Overrides.of(epochs=3, lr=None)` drops the options left unset; an unknown key or a wrong type is an
+    `InputError` naming `where`. Nested tables (`loss_params`, ...) merge key by key into the presets'.
+    """
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    where: str = "command line"
+
+    def __post_init__(self) -> None:
+        checked = _check_layer({k: v for k, v in self.values.items() if v is not None}, self.where)
+        object.__setattr__(self, "values", MappingProxyType(checked))
+
+    @classmethod
+    def of(cls, **options: Any) -> Overrides:
+        return cls(options)
 
 
 def _merge(base: dict[str, Any], layer: dict[str, Any], where: str) -> dict[str, Any]:
-    layer = {k: v for k, v in layer.items() if k != "dataset"}
-    _check_types(layer, where)
+    layer = _check_layer({k: v for k, v in layer.items() if k != "dataset"}, where)
     out = dict(base)
     for k, v in layer.items():
         out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
@@ -133,7 +150,7 @@ def resolve_train_cfg(
     dataset_name: str,
     out: str,
     preset_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: Overrides | Mapping[str, Any] | None = None,
     family: str = "",
 ) -> TrainCfg:
     """The run's config; `family` is the dataset's recorded hyperparameter family ("" for datasets that predate
@@ -156,13 +173,11 @@ def resolve_train_cfg(
             raise InputError(f"--preset: {preset_file} is not valid TOML ({e})") from None
         d = _merge(d, user, str(preset_file))
         d = _merge(d, _family_table(user, info, str(preset_file)), f"{preset_file} [dataset.{family}]")
-    d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
+    if not isinstance(overrides, Overrides):
+        overrides = Overrides(overrides or {})
+    d = _merge(d, dict(overrides.values), overrides.where)
     cfg = TrainCfg(method=method, dataset=dataset, out=out, family=family, **d)
     data = cfg.data_cfg()  # recorded resolved: the backbone's own input config under the overrides
     cfg = dataclasses.replace(cfg, image_size=data.image_size, mean=data.mean, std=data.std,
                               interpolation=data.interpolation)
-    if cfg.early_stop not in EARLY_STOP_RULES:
-        raise InputError(f"early_stop: {cfg.early_stop!r}; expected one of {sorted(EARLY_STOP_RULES)}")
-    if cfg.pseudo_mode not in ("dynamic", "fixed", "accumulated"):
-        raise InputError(f"--pseudo-mode: {cfg.pseudo_mode!r}; expected dynamic, fixed or accumulated")
     return cfg

@@ -232,7 +232,7 @@ def validate(run_dir: Path) -> RunSummary:
 
 
 def dump_toml(d: dict[str, Any]) -> str:
-    """A tiny TOML writer for flat configs with one level of tables (enough for `TrainCfg`)."""
+    """A tiny TOML writer for configs of scalars, lists and (nested) tables (enough for a run's config)."""
 
     def val(v: Any) -> str:
         if isinstance(v, bool):
@@ -245,8 +245,12 @@ def dump_toml(d: dict[str, Any]) -> str:
             return "[" + ", ".join(val(x) for x in v) + "]"
         raise TypeError(f"cannot write {v!r} as TOML")
 
-    lines = [f"{k} = {val(v)}" for k, v in d.items() if v is not None and not isinstance(v, dict)]
-    for k, v in d.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None]
-    return "\n".join(lines) + "\n"
+    def table(prefix: str, t: dict[str, Any]) -> list[str]:
+        lines = [f"{k} = {val(v)}" for k, v in t.items() if v is not None and not isinstance(v, dict)]
+        for k, v in t.items():
+            if isinstance(v, dict):
+                name = f"{prefix}.{k}" if prefix else k
+                lines += ["", f"[{name}]", *table(name, v)]
+        return lines
+
+    return "\n".join(table("", d)) + "\n"

@@ -6,7 +6,7 @@ import difflib
 import fnmatch
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from mlpl.schemas.errors import InputError
@@ -104,6 +104,10 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise InputError(f"{where} must be a number, got {value!r}")
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise InputError(f"{where} must be a table, got {value!r}")
+        return dict(value)
     if hint in (int, bool, str) and type(value) is not hint:
-        raise InputError(f"{where} must be of type {hint.__name__}, got {value!r}")
+        raise InputError(f"{where} must be {hint.__name__}, got {value!r}")
     return value

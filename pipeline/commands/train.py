@@ -54,7 +54,7 @@ def train(
         help="Run the store's teacher inside every step instead of reading the store (for comparison).")] = False,
 ) -> None:
     """Train a classifier with a method preset; resumes from `last.pt` if the run folder has one."""
-    from mlpl.config import resolve_train_cfg
+    from mlpl.config import Overrides, resolve_train_cfg
     from mlpl.schemas.dataset import DatasetMeta
     from mlpl.stages.train.datacfg import parse_channels
     from mlpl.stages.train.loop import Trainer
@@ -65,15 +65,15 @@ def train(
     meta = DatasetMeta.from_json(ds_dir / "dataset.json")
     out = out or Path("runs") / f"{meta.name}-{method}-{seed}"
     check_out_folder(out)
-    overrides = {
-        "pseudo_store": str(pseudo_store.resolve()) if pseudo_store else None, "regime": regime, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "head_lr_mult": head_lr_mult, "backbone": backbone, "head": head,
-        "backbone_weights": str(backbone_weights) if backbone_weights else None, "pretrained": pretrained,
-        "image_size": image_size, "pseudo": pseudo, "pseudo_mode": pseudo_mode, "seed": seed,
-        "workers": workers_option(workers), "device": device, "max_batches": max_batches,
-        "mean": parse_channels(mean, "--mean") if mean is not None else None,
-        "std": parse_channels(std, "--std") if std is not None else None,
-    }
+    overrides = Overrides.of(
+        pseudo_store=str(pseudo_store.resolve()) if pseudo_store else None, regime=regime, epochs=epochs,
+        batch_size=batch_size, lr=lr, head_lr_mult=head_lr_mult, backbone=backbone, head=head,
+        backbone_weights=str(backbone_weights) if backbone_weights else None, pretrained=pretrained,
+        image_size=image_size, pseudo=pseudo, pseudo_mode=pseudo_mode, seed=seed, workers=workers_option(workers),
+        device=device, max_batches=max_batches,
+        mean=parse_channels(mean, "--mean") if mean is not None else None,
+        std=parse_channels(std, "--std") if std is not None else None,
+    )
     cfg = resolve_train_cfg(method, str(ds_dir.resolve()), meta.name, str(out), preset, overrides, meta.family)
     online = None
     if online_teacher:

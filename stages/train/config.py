@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mlpl.schemas.errors import check_range
 from mlpl.stages.train.datacfg import DataCfg
+
+EarlyStop = Literal["gr", "em", "ll", "none"]
+PseudoMode = Literal["dynamic", "fixed", "accumulated"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class TrainCfg:
     loss_params: dict[str, Any] = field(default_factory=dict)
     pseudo: str = "none"
     pseudo_params: dict[str, Any] = field(default_factory=dict)
-    pseudo_mode: str = "dynamic"  # dynamic: seed e mod S per epoch; fixed: seed 0 always; accumulated: union
+    pseudo_mode: PseudoMode = "dynamic"  # dynamic: seed e mod S per epoch; fixed: seed 0 always; accumulated: union
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-5
@@ -46,7 +50,7 @@ class TrainCfg:
     std: tuple[float, float, float] | None = None
     interpolation: str | None = None
     threshold: float = 0.5
-    early_stop: str = "none"  # gr | em | ll | none (docs/methods.md §1.6)
+    early_stop: EarlyStop = "none"  # docs/methods.md §1.6
     workers: int | str = "auto"  # DataLoader workers; 'auto': this process's cores minus one
     seed: int = 0
     device: str = "auto"
@@ -83,6 +87,8 @@ EARLY_STOP_RULES: dict[str, tuple[float | None, int | None]] = {
     "ll": (3.0, None),
     "none": (None, None),
 }
+if set(EARLY_STOP_RULES) != set(typing.get_args(EarlyStop)):
+    raise RuntimeError("EARLY_STOP_RULES and EarlyStop name different rules")  # a wiring bug
 
 
 def should_stop(rule: str, history: list[float]) -> bool:

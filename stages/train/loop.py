@@ -18,7 +18,6 @@ from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import Store, check_matches_dataset, open_store
 from mlpl.stages.accumulate import AccumulatedPseudoLabels
 from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
-from mlpl.stages.families import family_info
 from mlpl.stages.runtime import (
     cores_per_process,
     init_distributed,
@@ -29,13 +28,13 @@ from mlpl.stages.runtime import (
 )
 from mlpl.stages.train.checkpoint import load_best, load_last, save_best, save_last, training_state
 from mlpl.stages.train.config import TrainCfg, should_stop
-from mlpl.stages.train.labelstate import LabelStateContext, create_label_state_cfg, get_label_state_info
-from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
-from mlpl.stages.train.models import HEADS, Classifier, HeadOutput, get_head_info
-from mlpl.stages.train.optim import get_optimizer_info
+from mlpl.stages.train.labelstate import LabelStateContext, get_label_state_info
+from mlpl.stages.train.losses import EpochState, get_loss_info
+from mlpl.stages.train.models import Classifier, HeadOutput
 from mlpl.stages.train.parts import build_parts
 from mlpl.stages.train.predict import predict, split_metrics
-from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS, create_pseudo_cfg
+from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS
+from mlpl.stages.train.resolved import RESOLVED_KEY, resolve_parts
 from mlpl.stages.train.stream import StreamCfg, model_input, train_loader
 
 log = logging.getLogger(__name__)
@@ -78,27 +77,13 @@ class Trainer:
         self.unknown_train = self.ds.labels.describe_unknown(np.arange(start, stop))
         self.has_val = self.ds.meta.splits.get("val", 0) > 0
         self.observed = self._observed()
-        # the family's per-family defaults, with the dataset's own measured m where dataset.json records one
-        self.family = family_info(cfg.family, self.ds.meta.expected_positives)
+        # every part's typed config, resolved (and checked to fit together) before any work
+        self.parts = resolve_parts(cfg, self.ds.meta.expected_positives)
+        self.family, self.loss_cfg, self.pseudo_cfg = self.parts.family, self.parts.loss, self.parts.pseudo
+        self.state_cfg = self.parts.label_state
         self.loss_info = get_loss_info(cfg.loss)
-        self.loss_cfg = create_loss_cfg(cfg.loss, self.family, cfg.loss_params)
         self.pseudo_info = PSEUDOLABELLERS.get(cfg.pseudo, option="--pseudo")
-        self.pseudo_cfg = create_pseudo_cfg(cfg.pseudo, self.family, cfg.pseudo_params)
         self.state_info = get_label_state_info(cfg.label_state)
-        if self.loss_info.needs_pseudo and cfg.pseudo == "none":
-            raise InputError(f"--pseudo none: loss {cfg.loss!r} of method {cfg.method!r} needs pseudo-labels "
-                             f"(choose one of {PSEUDOLABELLERS.names()})")
-        if self.loss_info.label_states and cfg.label_state not in self.loss_info.label_states:
-            raise InputError(f"label_state {cfg.label_state!r}: loss {cfg.loss!r} of method {cfg.method!r} reads "
-                             f"a label state of {list(self.loss_info.label_states)}; set label_state to one")
-        head_info = get_head_info(cfg.head)
-        missing = [name for name in self.loss_info.head_outputs if name not in head_info.outputs]
-        if missing:
-            heads = [h.name for h in HEADS if set(self.loss_info.head_outputs) <= set(h.outputs)]
-            raise InputError(f"--head {cfg.head}: loss {cfg.loss!r} of method {cfg.method!r} reads the head's "
-                             f"outputs {missing}, which head {cfg.head!r} does not give; use --head {heads}")
-        get_optimizer_info(cfg.optimizer)
-        self.state_cfg = create_label_state_cfg(cfg.label_state, self.family, cfg.label_state_params)
         self.store = self._store()
         self.labels = self.state_info.create(LabelStateContext(
             observed=self.observed, family=self.family, seed=cfg.seed, device=self.device,
@@ -237,7 +222,8 @@ class Trainer:
         parts = build_parts(cfg, self.ds.meta.num_classes, self.device, self.labels, self.world)
         # written only once the model is built: a bad backbone, head or weights file leaves no run folder behind
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / run_schema.CONFIG_TOML).write_text(run_schema.dump_toml(dataclasses.asdict(cfg)))
+        (self.out / run_schema.CONFIG_TOML).write_text(
+            run_schema.dump_toml({**dataclasses.asdict(cfg), RESOLVED_KEY: self.parts.to_dict()}))
         model, opt = parts.model, parts.optimizer
         self.state_params = parts.state_params
         stateful = {"model": model, "optimizer": opt, "accumulated": self.accumulated, "label_state": self.labels,

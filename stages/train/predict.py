@@ -15,6 +15,7 @@ from mlpl.stages.evaluate.metrics import evaluate_scores
 from mlpl.stages.runtime import resolve_workers
 from mlpl.stages.train.config import TrainCfg
 from mlpl.stages.train.models import Classifier, create_classifier
+from mlpl.stages.train.resolved import RESOLVED_KEY
 from mlpl.stages.train.stream import StreamCfg, eval_loader, model_input
 
 
@@ -53,7 +54,9 @@ def read_run_cfg(run: Path) -> TrainCfg:
     if not path.is_file():
         raise InputError(f"{path}: missing; expected a run folder written by `mlpl train`")
     try:
-        return TrainCfg(**tomllib.loads(path.read_text()))
+        recorded = tomllib.loads(path.read_text())
+        recorded.pop(RESOLVED_KEY, None)  # the resolved part configs: a record, rebuilt from the fields
+        return TrainCfg(**recorded)
     except (tomllib.TOMLDecodeError, TypeError) as e:
         raise InputError(f"{path}: not a run configuration ({e})") from None
 
