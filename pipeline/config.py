@@ -108,22 +108,17 @@ def describe_method(method: str) -> dict[str, Any]:
     """Everything a method binds, resolved per dataset family: training settings and the full typed configs of
     its loss, pseudo-labeller and label state (defaults included), as `mlpl methods` shows them."""
     from mlpl.stages.families import HYPERPARAMETER_FAMILIES
-    from mlpl.stages.train.labelstate import create_label_state_cfg
-    from mlpl.stages.train.losses import create_loss_cfg
-    from mlpl.stages.train.models import create_head_cfg
-    from mlpl.stages.train.pseudolabels import create_pseudo_cfg
+    from mlpl.stages.train.resolved import resolve_parts
 
     preset = read_preset(method)
     families: dict[str, Any] = {}
     for family in HYPERPARAMETER_FAMILIES:
         cfg = resolve_train_cfg(method, "-", "-", "-", family=family)
+        parts = resolve_parts(cfg)  # the configs a run of this method on this family trains with
         families[family] = {
             **{k: getattr(cfg, k) for k in _SHOWN_TRAIN_FIELDS},
-            "loss_params": dataclasses.asdict(create_loss_cfg(cfg.loss, family, cfg.loss_params)),
-            "pseudo_params": dataclasses.asdict(create_pseudo_cfg(cfg.pseudo, family, cfg.pseudo_params)),
-            "label_state_params": dataclasses.asdict(create_label_state_cfg(cfg.label_state, family,
-                                                                            cfg.label_state_params)),
-            "head_params": dataclasses.asdict(create_head_cfg(cfg.head, family, cfg.head_params)),
+            **{f"{part}_params": dataclasses.asdict(getattr(parts, part))
+               for part in ("loss", "pseudo", "label_state", "head")},
         }
     base = resolve_train_cfg(method, "-", "coco", "-")
     return {
