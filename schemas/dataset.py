@@ -1,4 +1,4 @@
-"""The prepared-dataset contract: `dataset.json`, `labels.parquet`, `observations/`, `shards/`.
+"""The prepared-dataset contract: `dataset.json`, `labels.parquet`, `shards/` (`observations/`: observations.py).
 
 Full labels may be unknown: a row of the train split of a user's own data often has only the weak labels
 its owner really holds. `labels.parquet` (version 2) says so with a null `labels` cell, which is not the
@@ -27,7 +27,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from mlpl.schemas.errors import InputError
-from mlpl.schemas.labels import SPLITS, Observed
+from mlpl.schemas.labels import SPLITS
+from mlpl.schemas.observations import (  # noqa: F401  (the contract's parts, importable from here too)
+    OBSERVATIONS_DIR,
+    Observations,
+    list_column,
+    list_regimes,
+    observations_path,
+    read_observations,
+    write_observations,
+)
 from mlpl.schemas.tempdirs import make_temp_beside
 
 DATASET_SCHEMA = "mlpl.dataset"
@@ -35,11 +44,9 @@ DATASET_SCHEMA_VERSION = 2
 READABLE_DATASET_VERSIONS = (1, 2)  # 1: before unknown full labels, family and expected positives
 LABELS_SCHEMA_VERSION = 2  # 2: a null `labels` cell means the row's full labels are unknown
 SHARDS_SCHEMA_VERSION = 1
-OBSERVATIONS_SCHEMA_VERSION = 1
 
 DATASET_JSON = "dataset.json"
 LABELS_PARQUET = "labels.parquet"
-OBSERVATIONS_DIR = "observations"
 SHARDS_DIR = "shards"
 SHARDS_INFO = "_info.json"
 
@@ -52,9 +59,6 @@ LABELS_SCHEMA = pa.schema(
         ("labels", pa.list_(pa.int16())),
         ("shard", pa.int32()),
     ]
-)
-OBSERVATIONS_SCHEMA = pa.schema(
-    [("row", pa.int64()), ("positives", pa.list_(pa.int16())), ("negatives", pa.list_(pa.int16()))]
 )
 
 
@@ -254,7 +258,7 @@ def read_labels(path: Path) -> LabelsTable:
         raise InputError(f"{path}: labels schema version {version}, this mlpl reads up to {LABELS_SCHEMA_VERSION}")
     column = t.column("labels")
     known = np.ones(len(t), dtype=bool) if column.null_count == 0 else ~column.is_null().to_numpy(zero_copy_only=False)
-    labels = _list_column(column)
+    labels = list_column(column)
     return LabelsTable(
         row=t.column("row").to_numpy(),
         key=t.column("key").to_pylist(),
@@ -264,85 +268,6 @@ def read_labels(path: Path) -> LabelsTable:
         shard=t.column("shard").to_numpy(),
         classes=tuple(json.loads(meta[b"mlpl.classes"])),
         known=None if known.all() else known,
-    )
-
-
-@dataclass(frozen=True)
-class Observations:
-    """An observation regime over the train rows: per row, the observed positive and negative classes."""
-
-    regime: str
-    params: dict[str, Any]
-    row: np.ndarray
-    positives: list[np.ndarray]
-    negatives: list[np.ndarray]
-
-    def matrix(self, num_classes: int) -> np.ndarray:
-        """Observed labels as an int8 [n, C] matrix of `Observed` values, in `self.row` order."""
-        out = np.full((len(self.row), num_classes), int(Observed.UNKNOWN), dtype=np.int8)
-        for i, (p, n) in enumerate(zip(self.positives, self.negatives)):
-            out[i, n] = int(Observed.NEGATIVE)
-            out[i, p] = int(Observed.POSITIVE)
-        return out
-
-    @classmethod
-    def from_matrix(cls, regime: str, params: dict[str, Any], rows: np.ndarray, obs: np.ndarray) -> Observations:
-        pos = [np.flatnonzero(r == Observed.POSITIVE).astype(np.int16) for r in obs]
-        neg = [np.flatnonzero(r == Observed.NEGATIVE).astype(np.int16) for r in obs]
-        return cls(regime, dict(params), np.asarray(rows, dtype=np.int64), pos, neg)
-
-
-def observations_path(root: Path, regime: str) -> Path:
-    return Path(root) / OBSERVATIONS_DIR / f"{regime}.parquet"
-
-
-def write_observations(root: Path, obs: Observations) -> Path:
-    path = observations_path(root, obs.regime)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = [
-        pa.array(np.asarray(obs.row, dtype=np.int64)),
-        pa.array([np.asarray(x, dtype=np.int16) for x in obs.positives], type=pa.list_(pa.int16())),
-        pa.array([np.asarray(x, dtype=np.int16) for x in obs.negatives], type=pa.list_(pa.int16())),
-    ]
-    meta = {
-        b"mlpl.regime": obs.regime.encode(),
-        b"mlpl.params": json.dumps(obs.params, sort_keys=True).encode(),
-        b"mlpl.version": str(OBSERVATIONS_SCHEMA_VERSION).encode(),
-    }
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_arrays(arrays, schema=OBSERVATIONS_SCHEMA.with_metadata(meta)), tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def _list_column(col: pa.ChunkedArray) -> list[np.ndarray]:
-    """A list<int16> column as one int16 array per row (a null cell reads as an empty array)."""
-    flat = col.combine_chunks()
-    offsets = flat.offsets.to_numpy()
-    values = flat.values.to_numpy(zero_copy_only=False).astype(np.int16)
-    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
-
-
-def list_regimes(root: Path) -> list[str]:
-    d = Path(root) / OBSERVATIONS_DIR
-    return sorted(p.stem for p in d.glob("*.parquet")) if d.is_dir() else []
-
-
-def read_observations(root: Path, regime: str) -> Observations:
-    path = observations_path(root, regime)
-    if not path.exists():
-        raise InputError(
-            f"{path}: no observation regime {regime!r} in this dataset; available: {list_regimes(root)} "
-            f"(add one with `mlpl observe {root} --regime ...`)"
-        )
-    t = pq.read_table(path)
-    meta = t.schema.metadata or {}
-    return Observations(
-        regime=meta.get(b"mlpl.regime", regime.encode()).decode(),
-        params=json.loads(meta.get(b"mlpl.params", b"{}")),
-        row=t.column("row").to_numpy(),
-        positives=_list_column(t.column("positives")),
-        negatives=_list_column(t.column("negatives")),
     )
 
 
