@@ -45,6 +45,8 @@ class ViewAttrs:
     weak_aug: bool = False
     weak_aug_p: float = 0.0
     order: str = "global, then tiles row-major"
+    resize: str = ""
+    recorded: dict[str, Any] = field(default_factory=dict, compare=False)  # every key, as stage one wrote it
 
     @property
     def num_views(self) -> int:
@@ -53,12 +55,11 @@ class ViewAttrs:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "store") -> ViewAttrs:
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         grid = d.get("grid")
-        if unknown or not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
-            raise InputError(f"{where}: malformed view attributes {d!r}; expected an integer grid ≥ 1 and only "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+            raise InputError(f"{where}: malformed view attributes {d!r}; expected an integer grid ≥ 1")
+        known = set(cls.__dataclass_fields__) - {"recorded"}
+        return cls(**{k: v for k, v in d.items() if k in known}, recorded=dict(d))
 
 
 @dataclass(frozen=True)
