@@ -5,11 +5,11 @@ A family holds the constants that do not depend on a method: expected positives 
 the default tile grid. Per-method, per-family tables (DAMP thresholds, GR λ, epochs, ...) stay in their
 method's module or preset, keyed by family names checked against this registry (`check_family_table`).
 
-`generic` is the family of a user's own data. Its constants are documented defaults: m = 2.9 (COCO's,
-the natural-image benchmark whose label density is typical) unless the dataset records its own measured
-m, which then wins (`family_for_dataset`); top-k over all classes; the literature's grid g = 4. Its
-per-method hyperparameters are COCO's (`hyperparameters_from`), as the methods' papers tune nothing else
-for natural images at scale.
+`generic` is the family of a user's own data. Its constants are documented defaults: m = 2.9 (COCO's)
+unless the dataset records its own measured m, which then wins (`dataset_family`; `mlpl prepare --dataset
+manifest` measures it on the val split); text-noise top-k over all classes; the literature's grid g = 4.
+Its per-method hyperparameters are COCO's (`hyperparameters_from`: the largest natural-image benchmark the
+methods were tuned on); a preset's `[dataset.generic]` table or `--preset` overrides them.
 """
 
 from __future__ import annotations
