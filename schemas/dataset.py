@@ -37,18 +37,22 @@ from mlpl.schemas.observations import (  # noqa: F401  (the contract's parts, im
     read_observations,
     write_observations,
 )
+from mlpl.schemas.shards import (  # noqa: F401  (the contract's parts, importable from here too)
+    SHARDS_DIR,
+    SHARDS_INFO,
+    ShardEntry,
+    read_shards_info,
+    write_shards_info,
+)
 from mlpl.schemas.tempdirs import make_temp_beside
 
 DATASET_SCHEMA = "mlpl.dataset"
 DATASET_SCHEMA_VERSION = 2
 READABLE_DATASET_VERSIONS = (1, 2)  # 1: before unknown full labels, family and expected positives
 LABELS_SCHEMA_VERSION = 2  # 2: a null `labels` cell means the row's full labels are unknown
-SHARDS_SCHEMA_VERSION = 1
 
 DATASET_JSON = "dataset.json"
 LABELS_PARQUET = "labels.parquet"
-SHARDS_DIR = "shards"
-SHARDS_INFO = "_info.json"
 
 LABELS_SCHEMA = pa.schema(
     [
@@ -269,36 +273,6 @@ def read_labels(path: Path) -> LabelsTable:
         classes=tuple(json.loads(meta[b"mlpl.classes"])),
         known=None if known.all() else known,
     )
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    name: str
-    split: str
-    first_row: int
-    num_samples: int
-
-
-def write_shards_info(root: Path, entries: Sequence[ShardEntry], rows_per_shard: int) -> None:
-    info = {
-        "version": SHARDS_SCHEMA_VERSION,
-        "rows_per_shard": rows_per_shard,
-        "shards": [asdict(e) for e in entries],
-        "total_samples": int(sum(e.num_samples for e in entries)),
-    }
-    (Path(root) / SHARDS_DIR / SHARDS_INFO).write_text(json.dumps(info, indent=2) + "\n")
-
-
-def read_shards_info(root: Path) -> list[ShardEntry]:
-    path = Path(root) / SHARDS_DIR / SHARDS_INFO
-    if not path.exists():
-        raise InputError(f"{path}: not found; expected the shard index of a prepared dataset")
-    try:
-        info = json.loads(path.read_text())
-        return [ShardEntry(**e) for e in info["shards"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: malformed shard index ({e.__class__.__name__}: {e}); prepare the dataset "
-                         "again") from None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Reading a prepared dataset's shards back: every sample checked against the shard contract as it is read.
+"""A prepared dataset's shards: the shard index `shards/_info.json`, and every sample checked as it is read.
 
 A shard holds the rows `first_row .. first_row + num_samples - 1` of `_info.json`, in order, each as
 `<row key>.jpg|png` plus `<row key>.row`. Whatever reads shards (stage one, stage two, `validate`) passes
@@ -8,13 +8,19 @@ or one that is missing is an error naming the shard and the member, never a sile
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mlpl.schemas.errors import InputError
+
+SHARDS_SCHEMA_VERSION = 1
+SHARDS_DIR = "shards"
+SHARDS_INFO = "_info.json"  # the shard index: samples per shard (timm's reader's habit)
 
 IMAGE_EXTS = ("jpg", "png")
 MEMBER_EXTS = (*IMAGE_EXTS, "row")
@@ -114,3 +120,33 @@ def scan_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
         raise_shard_error(e)
     if current is not None:
         yield current
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    split: str
+    first_row: int
+    num_samples: int
+
+
+def write_shards_info(root: Path, entries: Sequence[ShardEntry], rows_per_shard: int) -> None:
+    info = {
+        "version": SHARDS_SCHEMA_VERSION,
+        "rows_per_shard": rows_per_shard,
+        "shards": [asdict(e) for e in entries],
+        "total_samples": int(sum(e.num_samples for e in entries)),
+    }
+    (Path(root) / SHARDS_DIR / SHARDS_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_shards_info(root: Path) -> list[ShardEntry]:
+    path = Path(root) / SHARDS_DIR / SHARDS_INFO
+    if not path.exists():
+        raise InputError(f"{path}: not found; expected the shard index of a prepared dataset")
+    try:
+        info = json.loads(path.read_text())
+        return [ShardEntry(**e) for e in info["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: malformed shard index ({e.__class__.__name__}: {e}); prepare the dataset "
+                         "again") from None
