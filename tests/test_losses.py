@@ -265,9 +265,22 @@ def test_epoch_state_is_validated() -> None:
 
 # --- every registered loss ------------------------------------------------------------------------------
 
+def head_outputs(info, batch: int, num_classes: int) -> dict[str, torch.Tensor]:
+    """The training outputs a loss reads from its head, from the real registered head that gives them."""
+    from mlpl.stages.train.models import HEADS, create_head_cfg
+
+    head_info = next(h for h in HEADS if set(info.head_outputs) <= set(h.outputs))
+    torch.manual_seed(0)
+    head = head_info.build(4, num_classes, create_head_cfg(head_info.name, "coco"))
+    aux = head.forward_train(torch.randn(batch, 4, 2, 2)).aux
+    return {name: aux[name].detach() for name in info.head_outputs}
+
+
 def state_kwargs(info, observed: torch.Tensor, dataset: str = "coco") -> dict:
     """`{"state": ...}` for a loss that reads a label state: the real state built on a tiny context (random
     similarities for states that start from the store), viewed on rows 0..B−1; `{}` for other losses."""
+    if info.head_outputs:
+        return {"head": head_outputs(info, *observed.shape)}
     if not info.label_states:
         return {}
     import numpy as np
