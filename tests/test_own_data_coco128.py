@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,16 @@ def write_user_manifest(root: Path, path: Path) -> dict[str, list[str]]:
     return splits
 
 
+def find_key(tree: dict, key: str):
+    """The first value of `key` anywhere in nested tables."""
+    for k, v in tree.items():
+        if k == key:
+            return v
+        if isinstance(v, dict) and (found := find_key(v, key)) is not None:
+            return found
+    return None
+
+
 @pytest.fixture(scope="module")
 def coco128(tmp_path_factory) -> Path:
     from tests.conftest import SHARED_DATA
@@ -71,11 +82,12 @@ def test_own_data_end_to_end(coco128, teacher_cache, tmp_path, monkeypatch, caps
     splits = write_user_manifest(coco128, manifest)
     data, store = tmp_path / "data", tmp_path / "store"
     assert run_cli(["prepare", "--dataset", "manifest", "--manifest", manifest, "--images", coco128 / "train2017",
-                    "--out", data, "--rows-per-shard", "32", "--family", "coco"]) == 0
+                    "--out", data, "--rows-per-shard", "32"]) == 0
     ds = open_dataset(data)
     assert ds.meta.splits == {"train": 88, "val": 20, "test": 20} and ds.meta.regimes == ("given",)
     _, tags = coco128_tags(coco128)
-    assert ds.meta.family == "coco" and ds.meta.expected_positives is None  # a named family keeps its own m
+    m = np.mean([len(tags[name]) for name in splits["val"]])  # the generic family's m: measured on val
+    assert ds.meta.family == "generic" and ds.meta.expected_positives == pytest.approx(m, abs=1e-4)
     assert not ds.labels.known_of(np.arange(88)).any() and ds.labels.all_known(np.arange(88, 128))
     tagged = sum(bool(tags[name]) for name in splits["train"])  # images 250 and 508 have no annotation
     assert ds.observations("given").matrix(ds.meta.num_classes).max(1).sum() == tagged
@@ -89,6 +101,8 @@ def test_own_data_end_to_end(coco128, teacher_cache, tmp_path, monkeypatch, caps
         summary = run_schema.read_summary(run)
         assert summary.val is not None and summary.test is not None and 0 <= summary.test.map <= 100
     assert any("unknown full labels for 88 of 88" in n for n in run_schema.read_summary(tmp_path / "aevlp").notes)
+    config = tomllib.loads((tmp_path / "aevlp" / "config.toml").read_text())
+    assert m == pytest.approx(find_key(config, "expected_positives"), abs=1e-4)  # the run trains with the measured m
     capsys.readouterr()
 
     run = tmp_path / "aevlp"
