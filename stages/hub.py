@@ -62,7 +62,8 @@ def _host_answers(origin: str) -> bool:
     worker.join(PROBE_SECONDS)
     reachable = bool(result and result[0])
     if not reachable:
-        log.warning("%s does not answer within %.0f s: downloads are off for this run", origin, PROBE_SECONDS)
+        log.warning("%s does not answer (asked once, for at most %.0f s): no downloads in this run", origin,
+                    PROBE_SECONDS)
     return reachable
 
 
