@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REGIMES = ("full", "spml", "none", "partial-0.3", "partial-0.5", "partial-0.7")
 STORE_SEEDS = 4
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -61,15 +59,25 @@ def ensure_world(out: Path, size: int, test_size: int) -> tuple[Path, Path]:
 
 def run_entries(data: Path, store: Path, runs: Path, entries: list[Entry], seeds: tuple[int, ...],
                 overrides: dict[str, Any] | None = None) -> list[dict]:
-    """Train (or reuse) every entry × seed; one row per run with its test metrics and wall time."""
-    from mlpl.commands.demo import run_methods
+    """Sweep every entry over `seeds` (`mlpl sweep`'s engine: finished runs are read, not retrained); one row
+    per run with its test metrics, read back as `mlpl report` reads runs."""
+    from mlpl.stages.evaluate.runs import find_runs
+    from mlpl.sweep import SweepRunner, plan
 
     rows = []
     for entry in entries:
         t0 = time.time()
-        for row in run_methods(data, store, runs / entry.slug, (entry.method,), seeds,
-                               {**(overrides or {}), **entry.overrides}):
-            rows.append({**row, "method": entry.label, "preset": entry.method})
+        base = {"pseudo_store": str(store), **(overrides or {}), **entry.overrides}
+        runner = SweepRunner(data, runs / entry.slug, base, None, [], lambda line: print(line, flush=True))
+        result = runner.run(plan([entry.method], seeds, [], []))
+        if result.failed:
+            raise SystemExit(f"{entry.label}: {result.failed}")
+        for run in find_runs([runs / entry.slug]):
+            if run.summary.seed in seeds:
+                test, quality = run.summary.test, run.summary.pseudo_quality
+                rows.append({"method": entry.label, "preset": entry.method, "seed": run.summary.seed,
+                             "test_map": test.map, "cf1": test.cf1, "of1": test.of1, "hamming": test.hamming,
+                             "pseudo_precision": quality.get("precision", float("nan")), "run": str(run.path)})
         print(json.dumps({"entry": entry.label, "seconds": round(time.time() - t0, 1),
                           "test_map": [round(r["test_map"], 2) for r in rows if r["method"] == entry.label]}),
               flush=True)
@@ -77,8 +85,10 @@ def run_entries(data: Path, store: Path, runs: Path, entries: list[Entry], seeds
 
 
 def mean_std(rows: list[dict], label: str) -> tuple[float, float, list[float]]:
-    maps = [r["test_map"] for r in rows if r["method"] == label]
-    return float(np.mean(maps)), float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0, maps
+    from mlpl.stages.evaluate.tables import Cell
+
+    cell = Cell(tuple(r["test_map"] for r in rows if r["method"] == label))
+    return cell.mean, cell.std, list(cell.values)
 
 
 def table(rows: list[dict], labels: list[str], reported: dict[str, str] | None = None) -> str:

@@ -45,6 +45,14 @@ REPORTED = {
 }
 
 
+def sweep_command(size: int, seeds: int) -> str:
+    """The `mlpl sweep` + `mlpl report` commands that make Table 1 on this benchmark's world."""
+    methods = ",".join(e.method for e in TABLE_1)
+    world = f"--dataset runs/bench-digits/data-{size} --pseudo-store runs/bench-digits/store-{size}"
+    return (f"mlpl sweep {world} --methods {methods} --seeds 0-{seeds - 1} --out runs/digits-table1\n"
+            "mlpl report runs/digits-table1 --metrics map,cf1,of1 --plots runs/digits-table1/plots")
+
+
 def shape_checks(rows: list[dict]) -> list[str]:
     """The literature's expected shape, checked on the measured means (recorded whatever the outcome)."""
     means = {label: mean_std(rows, label)[0] for label in dict.fromkeys(r["method"] for r in rows)}
@@ -83,6 +91,8 @@ def main() -> None:
         "(small-cnn from scratch, Adam 1e-3, batch 32, 10 epochs unless the preset says otherwise; "
         "best-validation checkpoint; test mAP of that checkpoint). Single positive (`spml`) except full-label "
         "BCE. The last column is docs/methods.md §6's COCO number, for the shape of the comparison only.",
+        "Table 1 is one sweep and one report (this script adds the literature's column and the shape checks):\n\n"
+        f"```bash\n{sweep_command(args.size, args.seeds)}\n```",
         "### Table 1: single-positive methods\n\n" + table(rows, t1, REPORTED),
         "### Table 2: GPR and BCE with each pseudo-label source\n\n" + table(rows, t2, REPORTED) if t2 else "",
         "### Expected shape (the literature's) on the digits world\n\n" + "\n".join(shape_checks(rows)),

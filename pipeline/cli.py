@@ -14,6 +14,7 @@ from mlpl.commands import (  # noqa: F401  (each registers its commands)
     precompute,
     prepare,
     report,
+    sweep,
     train,
 )
 from mlpl.errors import reported_failures

@@ -24,6 +24,8 @@ from mlpl.stages.train.config import TrainCfg
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainCfg)}
 _PRESET_KEYS = set(_FIELDS) - {"method", "dataset", "out", "family"}
+PRESET_KEYS = frozenset(_PRESET_KEYS)
+"""Training settings a preset, `--set` or `--grid` may set."""
 
 
 _HINTS = typing.get_type_hints(TrainCfg)

@@ -88,3 +88,22 @@ def precompute(cfg: PrecomputeCfg) -> list[str]:
         f"images, {report.views} views, {rate:,.0f} views/s"
         + (f"; {len(report.corrupt_rows)} corrupt rows" if report.corrupt_rows else "")
     ]
+
+
+def build_report(paths: list[Path], group_by: str = "method", metrics: str = "map", fmt: str = "md",
+                 split: str = "test", plots: Path | None = None) -> tuple[str, list[Path]]:
+    """The formatted mean ± std table of the runs under `paths`, and the figures written into `plots` (if given)."""
+    from mlpl.stages.evaluate.plots import write_plots
+    from mlpl.stages.evaluate.runs import find_runs
+    from mlpl.stages.evaluate.tables import build_table, format_report, parse_metrics
+    from mlpl.stages.train.predict import test_predictions
+
+    keys = tuple(k.strip() for k in group_by.split(",") if k.strip())
+    if not keys:
+        raise InputError("--group-by: give at least one key, e.g. method or method,regime")
+    wanted = parse_metrics(metrics)
+    runs = find_runs(paths)
+    text = format_report(build_table(runs, keys, wanted, split), fmt)
+    written = [] if plots is None else write_plots(runs, keys, wanted[0], split, plots,
+                                                   lambda run: test_predictions(run.path))
+    return text, written

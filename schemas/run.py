@@ -20,6 +20,7 @@ BEST_WEIGHTS = "best.safetensors"
 LAST_STATE = "last.pt"
 SUMMARY_JSON = "summary.json"
 PREDICTIONS_NPZ = "predictions-{split}.npz"
+SWEEP_INDEX = "sweep.json"  # in a sweep's folder: its runs in plan order, with their settings
 
 METRIC_KEYS = ("map", "cf1", "of1", "macro_f1", "hamming")
 
@@ -232,25 +233,29 @@ def validate(run_dir: Path) -> RunSummary:
 
 
 def dump_toml(d: dict[str, Any]) -> str:
-    """A tiny TOML writer for configs of scalars, lists and (nested) tables (enough for a run's config)."""
+    """A small TOML writer for configs: scalars and lists, nested tables as `[a.b]` (None values left out)."""
 
     def val(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, int | float):
-            return repr(v)
+            return repr(v) if v == v and abs(v) != float("inf") else ("nan" if v != v else
+                                                                       ("inf" if v > 0 else "-inf"))
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
         if isinstance(v, list | tuple):
-            return "[" + ", ".join(val(x) for x in v) + "]"
+            return "[" + ", ".join(val(x) for x in v if x is not None) + "]"
         raise TypeError(f"cannot write {v!r} as TOML")
 
+    def key(k: str) -> str:
+        return k if k and all(c.isalnum() or c in "_-" for c in k) else val(k)
+
     def table(prefix: str, t: dict[str, Any]) -> list[str]:
-        lines = [f"{k} = {val(v)}" for k, v in t.items() if v is not None and not isinstance(v, dict)]
+        lines = [f"{key(k)} = {val(v)}" for k, v in t.items() if v is not None and not isinstance(v, dict)]
         for k, v in t.items():
             if isinstance(v, dict):
-                name = f"{prefix}.{k}" if prefix else k
-                lines += ["", f"[{name}]", *table(name, v)]
+                name = f"{prefix}.{key(k)}" if prefix else key(k)
+                lines += ["", f"[{name}]"] + table(name, v)
         return lines
 
     return "\n".join(table("", d)) + "\n"

@@ -56,6 +56,12 @@ class AccumulatedPseudoLabels:
         """[len(rows), C] int8 (CPU): the tracked value where a cell has ever held it, else 0."""
         return self.seen[self._index(rows)].to(torch.int8) * self.value
 
+    def synchronise(self) -> None:
+        """Under torchrun, after an epoch: a cell marked on any rank is marked on every rank (a no-op otherwise)."""
+        from mlpl.stages.collectives import union_over_ranks_
+
+        union_over_ranks_(self.seen)
+
     def reset(self) -> None:
         """Forget everything (a new run)."""
         self.seen.zero_()

@@ -1,4 +1,4 @@
-"""`mlpl demo --smoke`: the whole pipeline (prepare → teacher → store → four methods → table, plot)."""
+"""`mlpl demo --smoke`: the whole pipeline (prepare → teacher → store → a sweep of four methods → report, plots)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ def test_demo_smoke(tmp_path, teacher_cache, monkeypatch, capsys):
     for method in ("bce-full", "an", "gr", "aevlp"):
         assert f"| {method}" in printed
         assert (out / "runs" / f"{method}-seed0" / "summary.json").exists()
-    assert "test_map" in printed and "pseudo_precision" in printed
-    assert (out / "probabilities.png").stat().st_size > 1000
+    assert "mAP" in printed and "pseudo_precision" in printed and "| runs |" in printed
+    for plot in ("probabilities", "val_map", "pseudo_quality"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
     assert (out / "results.md").read_text().count("\n") >= 6
     # a second call reuses the dataset, store and finished runs
     assert run_cli(["demo", "--smoke", "--out", out]) == 0

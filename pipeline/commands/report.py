@@ -7,28 +7,6 @@ from typing import Annotated
 
 import typer
 from mlpl.app import app
-from mlpl.schemas.errors import InputError
-
-
-def build_report(paths: list[Path], group_by: str = "method", metrics: str = "map", fmt: str = "md",
-                 split: str = "test", plots: Path | None = None) -> tuple[str, list[Path]]:
-    """The formatted table of the runs under `paths` and the plot files written (none without `plots`)."""
-    from mlpl.stages.evaluate.runs import find_runs
-    from mlpl.stages.evaluate.tables import build_table, format_report, parse_metrics
-
-    keys = tuple(k.strip() for k in group_by.split(",") if k.strip())
-    if not keys:
-        raise InputError("--group-by: give at least one key, e.g. method or method,regime")
-    wanted = parse_metrics(metrics)
-    runs = find_runs(paths)
-    text = format_report(build_table(runs, keys, wanted, split), fmt)
-    written: list[Path] = []
-    if plots is not None:
-        from mlpl.stages.evaluate.plots import write_plots
-        from mlpl.stages.train.predict import test_predictions
-
-        written = write_plots(runs, keys, wanted[0], split, plots, lambda run: test_predictions(run.path))
-    return text, written
 
 
 @app.command()
@@ -45,6 +23,8 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Also write the table to this file.")] = None,
 ) -> None:
     """Mean ± std over seeds of every group of runs (methods as rows, datasets as columns), with run counts."""
+    from mlpl.steps import build_report
+
     text, written = build_report(paths, group_by, metrics, fmt, split, plots)
     typer.echo(text)
     if out is not None:

@@ -9,8 +9,8 @@ predicted it (AEVLP Table 3). Values are percentages as the paper reports them; 
 
 Feed it batch by batch, call `compute()` at the end of the epoch, then `reset()`: the per-epoch counts are
 cleared, the accumulated unions are kept (and saved with `state_dict`). Each row should be fed once per
-epoch; a repeated row is counted again. Under DistributedDataParallel, all-reduce `counts` (a sum) before
-`compute()`; the unions stay per rank, so accumulated values are exact only if a row keeps its rank.
+epoch; a repeated row is counted again. Under torchrun, `synchronise()` after each epoch sums the counts over
+ranks and combines the unions (a cell predicted on any rank is predicted), so every value equals one process's.
 """
 
 from __future__ import annotations
@@ -101,6 +101,15 @@ class PseudoLabelQuality:
             "acc_neg_precision": percent(n["acc_neg_correct"], n["acc_neg_predicted"]),
             "acc_neg_recall": percent(n["acc_neg_correct"], n["neg_true"]),
         }
+
+    def synchronise(self) -> None:
+        """Under torchrun, after an epoch: every rank gets the counts summed over ranks and the unions combined
+        (a no-op in one process). Call it on every rank before `compute()`."""
+        from mlpl.stages.collectives import sum_over_ranks
+
+        self.counts.copy_(sum_over_ranks(self.counts))
+        self.positives.synchronise()
+        self.negatives.synchronise()
 
     def reset(self) -> None:
         """Start a new epoch: clear the counts, keep the accumulated unions."""

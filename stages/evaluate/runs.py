@@ -65,6 +65,22 @@ def read_run(path: Path) -> RunRecord:
     return RunRecord(path=path, summary=summary, config=config, metrics=run_schema.read_metrics(path))
 
 
+def _plan_order(root: Path):
+    """Sort key: runs listed in a sweep index (`sweep.json`) in its order, then the others by path."""
+    import json
+
+    order: dict[Path, int] = {}
+    for index in sorted(root.rglob(run_schema.SWEEP_INDEX)):
+        try:
+            listed = json.loads(index.read_text()).get("runs", [])
+        except (OSError, ValueError):
+            log.warning("%s: unreadable sweep index; runs ordered by path", index)
+            continue
+        for entry in listed:
+            order.setdefault(index.parent / str(entry.get("name", "")), len(order))
+    return lambda folder: (order.get(folder, len(order)), str(folder))
+
+
 def find_runs(paths: Iterable[Path]) -> list[RunRecord]:
     """Every finished run at or below `paths` (a run folder, or a folder of runs at any depth), in path order.
 
@@ -78,7 +94,7 @@ def find_runs(paths: Iterable[Path]) -> list[RunRecord]:
         if (path / run_schema.SUMMARY_JSON).exists():
             folders = [path]
         else:
-            folders = sorted(p.parent for p in path.rglob(run_schema.SUMMARY_JSON))
+            folders = sorted((p.parent for p in path.rglob(run_schema.SUMMARY_JSON)), key=_plan_order(path))
         unfinished = sorted(p.parent for p in path.rglob(run_schema.CONFIG_TOML)
                             if not (p.parent / run_schema.SUMMARY_JSON).exists())
         if unfinished:

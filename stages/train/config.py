@@ -55,6 +55,7 @@ class TrainCfg:
     seed: int = 0
     device: str = "auto"
     max_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)
+    loggers: tuple[str, ...] = ()  # mlpl.stages.train.loggers.LOGGERS, besides metrics.jsonl
 
     def __post_init__(self) -> None:
         for key in ("mean", "std"):  # a config.toml gives lists

@@ -3,7 +3,6 @@ best-checkpointing, early stopping (docs/methods.md §1.6), `metrics.jsonl`, res
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from mlpl.schemas.dataset import open_dataset
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import Store, check_matches_dataset, open_store
 from mlpl.stages.accumulate import AccumulatedPseudoLabels
+from mlpl.stages.collectives import sum_over_ranks
 from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
 from mlpl.stages.runtime import (
     cores_per_process,
@@ -26,9 +26,11 @@ from mlpl.stages.runtime import (
     seed_everything,
     world_from_env,
 )
+from mlpl.stages.train import record as run_record
 from mlpl.stages.train.checkpoint import load_best, load_last, save_best, save_last, training_state
 from mlpl.stages.train.config import TrainCfg, should_stop
 from mlpl.stages.train.labelstate import LabelStateContext, get_label_state_info
+from mlpl.stages.train.loggers import Loggers, check_loggers
 from mlpl.stages.train.losses import EpochState, get_loss_info
 from mlpl.stages.train.models import Classifier, HeadOutput
 from mlpl.stages.train.parts import build_parts
@@ -51,10 +53,14 @@ class Trainer:
     """One training run in `cfg.out`; `run()` resumes from `last.pt` when it exists."""
 
     def __init__(self, cfg: TrainCfg, progress: ProgressFn | None = None,
-                 online_sims: Callable[[dict[str, torch.Tensor], int], torch.Tensor] | None = None) -> None:
+                 online_sims: Callable[[dict[str, torch.Tensor], int], torch.Tensor] | None = None,
+                 opened: dict[Any, Any] | None = None) -> None:
         """`online_sims(batch, epoch)`, when given, computes the similarities inside the training step
-        instead of reading them from the store (the reference code's way; kept for comparison only)."""
+        instead of reading them from the store (the reference code's way; kept for comparison only).
+        `opened` keeps datasets and stores open across runs of one process (a sweep passes the same dict)."""
         self.cfg = cfg
+        self.opened = opened if opened is not None else {}
+        check_loggers(cfg.loggers)
         self.online_sims = online_sims
         self.out = Path(cfg.out)
         self.progress = progress or (lambda phase, done, total: None)
@@ -70,7 +76,7 @@ class Trainer:
         if self.device.type == "cpu":
             # leave the DataLoader workers their cores: oversubscribed intra-op threads slow CPU training ~5×
             torch.set_num_threads(max(1, cores_per_process() - self.workers))
-        self.ds = open_dataset(Path(cfg.dataset))
+        self.ds = self._open("dataset", cfg.dataset, open_dataset)
         start, stop = self.ds.meta.split_range("train")
         self.train_start, self.n_train = start, stop - start
         # a user's own data may hold only weak labels for train rows: nothing is measured against full labels there
@@ -97,6 +103,25 @@ class Trainer:
         self.stream = StreamCfg.of(self.data, batch_size=cfg.batch_size, workers=self.workers,
                                    pin_memory=self.device.type == "cuda")
 
+    def _open(self, kind: str, path: str, opener: Callable[[Path], Any]) -> Any:
+        key = (kind, str(Path(path).resolve()))
+        if key not in self.opened:
+            self.opened[key] = opener(Path(path))
+        return self.opened[key]
+
+    def record(self) -> dict[str, Any]:
+        """The run's `config.toml` (mlpl.stages.train.record): every resolved value it uses."""
+        cfg = self.cfg
+        parts = {RESOLVED_KEY: self.parts.to_dict()}
+        run = {"optimizer": cfg.optimizer, "backbone_lr": cfg.lr, "head_lr": cfg.lr * cfg.head_lr_mult,
+               "device": self.device.type, "amp_bfloat16": self.amp,
+               "augmentation": {"flip": self.stream.flip, "resize": f"{self.stream.interpolation}, square"},
+               "normalisation": {"mean": list(self.stream.mean), "std": list(self.stream.std)},
+               "store_seeds_used": self.cfg.pseudo_mode if self.store is not None else "none"}
+        return run_record.build_record(cfg, parts, self.ds.meta,
+                                       self.store.attrs.to_dict() if self.store is not None else None,
+                                       self.world, run)
+
     def _observed(self) -> np.ndarray:
         obs = self.ds.observations(self.cfg.regime)
         matrix = np.zeros((self.n_train, self.ds.meta.num_classes), dtype=np.int8)
@@ -111,7 +136,7 @@ class Trainer:
         if not self.cfg.pseudo_store:
             raise InputError(f"--pseudo-store: method {self.cfg.method!r} uses {' and '.join(users)} from a store; "
                              "build one with `mlpl precompute-clip` and pass --pseudo-store")
-        store = open_store(Path(self.cfg.pseudo_store))
+        store = self._open("store", self.cfg.pseudo_store, open_store)
         m = self.ds.meta
         check_matches_dataset(store, m.fingerprint, m.classes, self.n_train)
         if not store.is_complete():
@@ -212,29 +237,36 @@ class Trainer:
             total += float(total_loss.detach()) * len(observed)
             seen += len(observed)
             self.progress(f"epoch {epoch}/{self.cfg.epochs}", i + 1, n_batches)
-        self.counts["undecodable_images"] = loader.undecodable
+        # every rank's cells and images count once: sums over ranks, not rank 0's or a mean of per-rank means
+        total, seen, undecodable = sum_over_ranks(
+            torch.tensor([total, seen, loader.undecodable], dtype=torch.float64)).tolist()
+        self.counts["undecodable_images"] = int(undecodable)
         return total / max(seen, 1)
 
     # ------------------------------------------------------------------ run
     def run(self) -> run_schema.RunSummary:
         cfg = self.cfg
+        config_record = self.record()
+        if run_record.check_folder(self.out, config_record):
+            log.info("%s: finished earlier; reporting its summary", self.out)
+            return run_schema.read_summary(self.out)
         seed_everything(cfg.seed)
         parts = build_parts(cfg, self.ds.meta.num_classes, self.device, self.labels, self.world)
-        # written only once the model is built: a bad backbone, head or weights file leaves no run folder behind
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / run_schema.CONFIG_TOML).write_text(
-            run_schema.dump_toml({**dataclasses.asdict(cfg), RESOLVED_KEY: self.parts.to_dict()}))
         model, opt = parts.model, parts.optimizer
         self.state_params = parts.state_params
         stateful = {"model": model, "optimizer": opt, "accumulated": self.accumulated, "label_state": self.labels,
                     "quality": self.quality}
+        if self.rank == 0:  # written once the model is built: a bad backbone, head or weights file leaves no folder
+            run_record.write_record(self.out, config_record)
+        self.loggers = Loggers(cfg.loggers, self.out, self.out.name, active=self.rank == 0)
+        self.record_values = config_record
         history: dict[str, Any] = {"val_map": [], "best_epoch": 0, "stopped": False}
         start_epoch = 1
         resumed = load_last(self.out, cfg, stateful, self.ds.meta.fingerprint)
         if resumed is not None:
             start_epoch, history = resumed[0] + 1, resumed[1]
             log.info("resuming %s from epoch %d", self.out, start_epoch)
-        else:
+        elif self.rank == 0:
             (self.out / run_schema.METRICS_JSONL).write_text("")
         train_forward = parts.forward
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -245,16 +277,20 @@ class Trainer:
             self.labels.begin_epoch()
             loss = self.train_epoch(train_forward, opt, epoch, self.quality)
             self.labels.synchronise()
+            self.quality.synchronise()
+            self.accumulated.synchronise()
             epoch_state = EpochState(epoch=epoch, num_epochs=cfg.epochs)
             train_rows = train_probs = None
             if self.labels.wants_train_predictions(epoch_state):
-                train_rows, train_probs, _ = predict(model, self.ds, "train", self.stream, self.device, self.amp)
+                train_rows, train_probs, _ = predict(model, self.ds, "train", self.stream, self.device, self.amp,
+                                                     rank=self.rank, world=self.world)
                 train_rows = train_rows - self.train_start
             state_record = self.labels.end_epoch(epoch=epoch_state, rows=train_rows, probs=train_probs)
             val = None
             if self.has_val:
                 skipped: dict[str, int] = {}
-                _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp, skipped)
+                _, probs, full = predict(model, self.ds, "val", self.stream, self.device, self.amp, skipped,
+                                         rank=self.rank, world=self.world)
                 val = {**split_metrics(probs, full, cfg.threshold), "skipped_images": float(skipped["val"])}
                 history["val_map"].append(val["map"])
             if self.rank == 0:
@@ -262,9 +298,10 @@ class Trainer:
                 if cfg.pseudo != "none" and not self.unknown_train:
                     record.update({f"pseudo_{k}": float(v) for k, v in self.quality.compute().items()})
                 record.update({f"state_{k}": float(v) for k, v in state_record.items()})
-                run_schema.append_metrics(self.out, record)
-                if val is not None:
-                    run_schema.append_metrics(self.out, {"epoch": epoch, "split": "val", **val})
+                lines = [record] + ([{"epoch": epoch, "split": "val", **val}] if val is not None else [])
+                for line in lines:
+                    run_schema.append_metrics(self.out, line)
+                    self.loggers.log_epoch(line)
                 if val is None or val["map"] >= max(history["val_map"]):  # no val split: the last epoch
                     history["best_epoch"] = epoch
                     save_best(self.out, model, self.model_meta())
@@ -292,11 +329,13 @@ class Trainer:
         val = None
         skipped: dict[str, int] = {}  # per split, images that did not decode (metrics are over the others)
         if self.has_val:
-            _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp, skipped)
+            _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp, skipped,
+                                rank=self.rank, world=self.world)
             val = {**split_metrics(vp, vf, self.cfg.threshold), "skipped_images": float(skipped["val"])}
         test = None
         if self.ds.meta.splits.get("test", 0):
-            tr, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp, skipped)
+            tr, tp, tf = predict(model, self.ds, "test", self.stream, self.device, self.amp, skipped,
+                                 rank=self.rank, world=self.world)
             test = {**split_metrics(tp, tf, self.cfg.threshold), "skipped_images": float(skipped["test"])}
             if self.rank == 0:
                 run_schema.append_metrics(self.out, {"epoch": history["best_epoch"], "split": "test", **test})
@@ -317,4 +356,8 @@ class Trainer:
         )
         if self.rank == 0:
             run_schema.write_summary(self.out, summary)
+            hparams = {k: v for k, v in run_record.flatten(self.record_values).items()
+                       if isinstance(v, int | float | str | bool) and not k.startswith(run_record.DESCRIPTIVE)}
+            self.loggers.finish(hparams, {f"{split}_{k}": v for split, m in (("val", val or {}), ("test", test or {}))
+                                          for k, v in m.items()})
         return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -11,41 +12,51 @@ import torch
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.dataset import PreparedDataset, open_dataset
 from mlpl.schemas.errors import InputError
+from mlpl.stages.collectives import gather_rows, sum_over_ranks
 from mlpl.stages.evaluate.metrics import evaluate_scores
 from mlpl.stages.runtime import resolve_workers
 from mlpl.stages.train.config import TrainCfg
 from mlpl.stages.train.models import Classifier, create_classifier
-from mlpl.stages.train.resolved import RESOLVED_KEY
 from mlpl.stages.train.stream import StreamCfg, eval_loader, model_input
 
 
 @torch.no_grad()
 def predict(model: Classifier, ds: PreparedDataset, split: str, stream: StreamCfg, device: torch.device,
-            amp: bool = False, skipped: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            amp: bool = False, skipped: dict[str, int] | None = None, rank: int = 0,
+            world: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, probabilities [n, C], full labels [n, C]) of the rows of a split whose image decodes, ordered by
-    row; the number of the others goes to `skipped[split]` (no row is ever stood in for by another)."""
+    row; the number of the others goes to `skipped[split]` (no row is ever stood in for by another). Under
+    torchrun (`world` > 1, every rank calling) each rank predicts its share of the rows and every rank returns
+    the whole split."""
     model.eval()
     rows, probs, full = [], [], []
-    loader = eval_loader(ds, split, stream)
+    loader = eval_loader(ds, split, stream, rank, world)
     for batch in loader:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(model_input(batch, device, stream.mean, stream.std))
         probs.append(torch.sigmoid(logits.float()).cpu().numpy())
         rows.append(batch["row"].numpy())
         full.append(batch["full"].numpy())
+    num_classes = ds.meta.num_classes
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    p = np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
+    f = np.concatenate(full) if full else np.zeros((0, num_classes), np.int8)
+    r, p, f = gather_rows(r, p, f)
+    undecodable = int(sum_over_ranks(torch.tensor([loader.undecodable], dtype=torch.float64))[0])
     if skipped is not None:
-        skipped[split] = loader.undecodable
-    if not rows:
+        skipped[split] = undecodable
+    if not len(r):
         raise InputError(f"{ds.root}: no image of the {split} split could be decoded "
-                         f"({loader.undecodable} tried); prepare the dataset again")
-    r = np.concatenate(rows)
-    order = np.argsort(r)
-    return r[order], np.concatenate(probs)[order], np.concatenate(full)[order]
+                         f"({undecodable} tried); prepare the dataset again")
+    return r, p, f
 
 
 def split_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
     """Every metric of docs/methods.md §2 over one split, as plain floats."""
     return {k: float(v) for k, v in evaluate_scores(scores, targets, threshold=threshold).items()}
+
+
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainCfg))
 
 
 def read_run_cfg(run: Path) -> TrainCfg:
@@ -54,9 +65,10 @@ def read_run_cfg(run: Path) -> TrainCfg:
     if not path.is_file():
         raise InputError(f"{path}: missing; expected a run folder written by `mlpl train`")
     try:
-        recorded = tomllib.loads(path.read_text())
-        recorded.pop(RESOLVED_KEY, None)  # the resolved part configs: a record, rebuilt from the fields
-        return TrainCfg(**recorded)
+        config = tomllib.loads(path.read_text())
+        # [resolved] and the record's other tables ([run], [dataset_info], [store_info]) describe the run; the
+        # settings are the TrainCfg fields, from which the resolved configs are rebuilt
+        return TrainCfg(**{k: v for k, v in config.items() if k in TRAIN_FIELDS})
     except (tomllib.TOMLDecodeError, TypeError) as e:
         raise InputError(f"{path}: not a run configuration ({e})") from None
 

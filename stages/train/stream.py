@@ -335,12 +335,15 @@ def train_loader(
                        pad=world > 1)
 
 
-def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg) -> EpochLoader:
-    """Batches of a val/test split in row order, no flip, no store."""
+def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg, rank: int = 0, world: int = 1) -> EpochLoader:
+    """Batches of a split in row order, no flip, no store; under torchrun, rank r takes the rows i ≡ r (mod world)
+    of the split, so the ranks together predict every row once."""
     start, stop = ds.meta.split_range(split)
     full = ds.labels.matrix(np.arange(start, stop))
     join = JoinRows(full, None, start, None)
     decode = DecodeImage(cfg.image_size, False, 0, cfg.interpolation)
-    pipe = _make_pipeline(_shards(ds, split), join, OwnedByRank(None, 0, start), decode, 0, 0)
+    owner = np.arange(stop - start) % world if world > 1 else None
+    num = len(range(rank, stop - start, world))
+    pipe = _make_pipeline(_shards(ds, split), join, OwnedByRank(owner, rank, start), decode, 0, 0)
     # several workers interleave their row ranges; evaluation reorders by row
-    return EpochLoader(pipe, cfg.workers, cfg.batch_size, stop - start, drop_last=False, pin_memory=cfg.pin_memory)
+    return EpochLoader(pipe, cfg.workers, cfg.batch_size, num, drop_last=False, pin_memory=cfg.pin_memory)
