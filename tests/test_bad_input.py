@@ -447,6 +447,7 @@ def test_pickled_last_pt_is_never_loaded(digits_src, run_dir, tmp_path, capsys):
     import torch
 
     marker = tmp_path / "pwned"
+    (run_dir / "summary.json").unlink()  # unfinished, so train resumes from last.pt (a finished run is only reported)
     torch.save({"epoch": 0, "config": {}, "payload": _Payload(marker)}, run_dir / "last.pt")
     result = run_mlpl(["train", "--dataset", digits_src, "--out", run_dir, *TRAIN], capsys)
     assert_clean_error(result, 2, ["last.pt", "pickle"])
