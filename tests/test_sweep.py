@@ -64,8 +64,9 @@ def test_run_record_is_complete(swept, digits_small, store):
     config = tomllib.loads((swept / "aevlp-seed0" / "config.toml").read_text())
     assert config["method"] == "aevlp" and config["seed"] == 0
     # the typed configs of the parts, resolved with the digits family's values
-    assert {"q1", "q2", "q3"} <= set(config["loss_params"]) and {"tau", "delta_neg"} <= set(config["pseudo_params"])
-    assert "head_params" in config and "label_state_params" in config
+    resolved = config["resolved"]
+    assert {"q1", "q2", "q3"} <= set(resolved["loss"]) and {"tau", "delta_neg"} <= set(resolved["pseudo"])
+    assert "head" in resolved and "label_state" in resolved and resolved["family"]["name"] == "digits"
     assert config["run"]["world_size"] == 1 and config["run"]["global_batch"] == 32
     assert config["run"]["optimizer"] == "adam" and config["run"]["head_lr"] == pytest.approx(config["lr"])
     assert config["run"]["normalisation"]["mean"] and config["run"]["augmentation"]["flip"] is True
@@ -103,7 +104,7 @@ def test_grid_over_a_pseudo_labeller_parameter(digits_small, store, tmp_path, ca
     (["--regime", "spm"], "--regime: dataset"),
     (["--set", "pseudo_params.tua=1"], "unknown option(s) ['tua']"),
     (["--set", "lr_typo=1"], "--set: unknown key 'lr_typo'"),
-    (["--grid", "pseudo_params.top_k=one,two"], "option 'top_k' must be of type int"),
+    (["--grid", "pseudo_params.top_k=one,two"], "option 'top_k' must be int"),
     (["--grid", "epochs=2,x"], "key 'epochs' must be int"),
     (["--seeds", "3-1"], "--seeds: '3-1'"),
     (["--grid", "seed=1,2"], "takes its seeds from --seeds"),
