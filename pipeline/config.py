@@ -106,18 +106,23 @@ _SHOWN_TRAIN_FIELDS = ("regime", "epochs", "batch_size", "lr", "head_lr_mult", "
                        "image_size", "early_stop", "threshold", "pseudo_mode")
 
 
-def describe_method(method: str) -> dict[str, Any]:
+def describe_method(method: str, families: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Everything a method binds, resolved per dataset family: training settings and the full typed configs of
-    its loss, pseudo-labeller and label state (defaults included), as `mlpl methods` shows them."""
+    its loss, pseudo-labeller and label state (defaults included), as `mlpl methods` shows them.
+
+    Args:
+        families: the families to resolve (any registered one, `generic` included); None: every family with
+            hyperparameters of its own.
+    """
     from mlpl.stages.families import HYPERPARAMETER_FAMILIES
     from mlpl.stages.train.resolved import resolve_parts
 
     preset = read_preset(method)
-    families: dict[str, Any] = {}
-    for family in HYPERPARAMETER_FAMILIES:
+    resolved: dict[str, Any] = {}
+    for family in families or HYPERPARAMETER_FAMILIES:
         cfg = resolve_train_cfg(method, "-", "-", "-", family=family)
         parts = resolve_parts(cfg)  # the configs a run of this method on this family trains with
-        families[family] = {
+        resolved[family] = {
             **{k: getattr(cfg, k) for k in _SHOWN_TRAIN_FIELDS},
             **{f"{part}_params": dataclasses.asdict(getattr(parts, part))
                for part in ("loss", "pseudo", "label_state", "head")},
@@ -126,7 +131,7 @@ def describe_method(method: str) -> dict[str, Any]:
     return {
         "name": method, "description": preset.get("description", ""), "reference": preset.get("reference", ""),
         "loss": base.loss, "pseudo": base.pseudo, "label_state": base.label_state, "head": base.head,
-        "needs_store": base.needs_store, "families": families,
+        "needs_store": base.needs_store, "families": resolved,
     }
 
 

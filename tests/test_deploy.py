@@ -211,7 +211,7 @@ def test_a_moved_run_resumes_with_its_dataset_given_again():
     from mlpl.stages.train.checkpoint import run_differences
     from mlpl.stages.train.config import TrainCfg
 
-    cfg = TrainCfg(method="an", dataset="/old/data", out="/old/run")
+    cfg = TrainCfg(method="an", dataset="/old/data", out="/old/run", family="coco")
     state = {"config": dataclasses.asdict(cfg), "dataset_fingerprint": "abc"}
     assert run_differences(state, dataclasses.replace(cfg, dataset="/new/data", out="/new/run"), "abc") == []
     assert run_differences(state, dataclasses.replace(cfg, dataset="/new/data"), "other")  # another dataset

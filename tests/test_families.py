@@ -133,3 +133,26 @@ def test_preset_family_tables_must_name_families(tmp_path: Path) -> None:
 def test_converters_record_the_family(digits_small: Path) -> None:
     ds = open_dataset(digits_small)
     assert ds.meta.family == "digits" and dataset_family(ds.meta) == FAMILIES.get("digits")
+
+
+def test_a_training_config_needs_a_known_family() -> None:
+    from mlpl.stages.train.config import TrainCfg
+
+    with pytest.raises(TypeError):  # no silent default
+        TrainCfg(method="an", dataset="d", out="o")  # type: ignore[call-arg]
+    with pytest.raises(InputError, match="family.*'cocoa'.*did you mean 'coco'"):
+        TrainCfg(method="an", dataset="d", out="o", family="cocoa")
+
+
+def test_methods_shows_the_generic_family_on_request(capsys: pytest.CaptureFixture[str]) -> None:
+    from mlpl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["methods", "aevlp", "--dataset", "generic"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "generic: " in out and "m=2.9" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["methods", "aevlp", "--dataset", "cocoa"])
+    assert exit_info.value.code == 2
+    assert "--dataset" in capsys.readouterr().err

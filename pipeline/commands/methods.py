@@ -18,7 +18,7 @@ def _params(d: dict[str, Any]) -> str:
 def methods(
     pattern: Annotated[str, typer.Argument(help="A method name or a shell-style pattern (e.g. 'll-*').")] = "*",
     dataset: Annotated[str | None, typer.Option(
-        help="Show the settings of this dataset family only: voc, coco, nus, cub, digits.")] = None,
+        help="Show the settings of this hyperparameter family only (an unknown name lists them).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
 ) -> None:
     """List the methods (`--method` of `mlpl train`): what each binds and its defaults per dataset family.
@@ -27,17 +27,14 @@ def methods(
     training settings and the typed configs of its loss, pseudo-labeller and label state.
     """
     from mlpl.config import describe_method, list_methods_matching
-    from mlpl.stages.families import HYPERPARAMETER_FAMILIES
+    from mlpl.stages.families import get_family_info
 
-    if dataset is not None and dataset not in HYPERPARAMETER_FAMILIES:
-        raise InputError(f"--dataset: unknown family {dataset!r}. Available: {list(HYPERPARAMETER_FAMILIES)}")
+    if dataset is not None:
+        get_family_info(dataset, option="--dataset")  # an unknown family lists the known ones
     names = list_methods_matching(pattern)
     if not names:
         raise InputError(f"no method matches {pattern!r}; `mlpl methods` lists them all")
-    described = [describe_method(name) for name in names]
-    if dataset is not None:
-        for d in described:
-            d["families"] = {dataset: d["families"][dataset]}
+    described = [describe_method(name, families=None if dataset is None else (dataset,)) for name in names]
     if as_json:
         typer.echo(json.dumps(described, indent=2))
         return

@@ -22,7 +22,8 @@ class TrainCfg:
     out: str
     description: str = ""
     reference: str = ""
-    family: str = "coco"
+    # the dataset's hyperparameter family (mlpl.stages.families); no default: a run never falls back to one
+    family: str = field(kw_only=True)
     regime: str = "spml"
     pseudo_store: str | None = None
     needs_store: bool = False
@@ -58,6 +59,9 @@ class TrainCfg:
     loggers: tuple[str, ...] = ()  # mlpl.stages.train.loggers.LOGGERS, besides metrics.jsonl
 
     def __post_init__(self) -> None:
+        from mlpl.stages.families import get_family_info
+
+        get_family_info(self.family, option="family")  # an unknown family is an error, never a default
         for key in ("mean", "std"):  # a config.toml gives lists
             if isinstance(getattr(self, key), list):
                 object.__setattr__(self, key, tuple(getattr(self, key)))
