@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +28,16 @@ from typing import Any
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.hub import (
-    hf_endpoint,
-    may_download,
     open_clip_hub_folder,
-    open_clip_tag_candidates,
-    open_clip_tag_hint,
     sha256_file,
+)
+from mlpl.stages.precompute.teacher_weights import (  # noqa: F401  (re-exported)
+    WEIGHT_SUFFIXES,
+    WeightsSource,
+    list_teacher_weights,
+    quiet_open_clip,
+    resolve_folder,
+    resolve_tag,
 )
 from mlpl.stages.precompute.text_noise import TextNoiseCfg, apply_text_noise
 from mlpl.stages.registry import Registry
@@ -49,12 +51,6 @@ DEFAULT_TAG = "openai"
 RANDOM_WEIGHTS = "random"
 RANDOM_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
-_FOLDER_WEIGHTS = (
-    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
-)
-
 
 @dataclass(frozen=True)
 class TeacherInfo:
@@ -139,90 +135,6 @@ class TeacherCfg:
             raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where the weights come from, resolved to something `open_clip.create_model` loads locally.
-
-    Attributes:
-        kind: 'tag', 'file', 'folder', 'builtin' or 'random'.
-        model_name: what is passed to `open_clip.create_model` (a config name or `local-dir:PATH`).
-        checkpoint: local weights file passed as `pretrained=` (None for folders and random weights).
-        record: what the store records about the weights (tag, file name, sha256, ...; no paths).
-        force_quick_gelu: the tag's weights were trained with QuickGELU and the config lacks it.
-    """
-
-    kind: str
-    model_name: str
-    checkpoint: str | None
-    record: dict[str, Any]
-    force_quick_gelu: bool = False
-
-
-def _folder_weights(folder: Path) -> Path | None:
-    for name in _FOLDER_WEIGHTS:
-        if (folder / name).is_file():
-            return folder / name
-    found = sorted(p for suffix in (".safetensors", ".bin", ".pth", ".pt") for p in folder.glob(f"*{suffix}"))
-    return found[0] if found else None
-
-
-def _resolve_folder(folder: Path, option: str) -> WeightsSource:
-    config = folder / "open_clip_config.json"
-    if not config.is_file():
-        raise InputError(
-            f"{option} {folder}: no {config.name} in this folder; expected an open_clip model folder "
-            "(open_clip_config.json with 'model_cfg', plus a weights file such as open_clip_model.safetensors)"
-        )
-    weights = _folder_weights(folder)
-    if weights is None:
-        raise InputError(
-            f"{option} {folder}: no weights file in this folder; expected one of {list(_FOLDER_WEIGHTS)}"
-        )
-    record = {"kind": "folder", "file": weights.name, "sha256": sha256_file(weights),
-              "config_sha256": sha256_file(config)}
-    return WeightsSource("folder", f"local-dir:{folder.resolve()}", None, record)
-
-
-def _resolve_tag(model: str, tag: str, cache_dir: str | None) -> WeightsSource:
-    import open_clip
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
-
-    pcfg = get_pretrained_cfg(model, tag)
-    record = {"kind": "tag", "tag": tag, "source": pcfg.get("hf_hub") or pcfg.get("url") or pcfg.get("file", "")}
-    model_cfg = open_clip.get_model_config(model) or {}
-    quick = bool(pcfg.get("quick_gelu", False)) and not model_cfg.get("quick_gelu", False)
-    if quick:
-        log.info("--pretrained %s was trained with QuickGELU: building %s with force_quick_gelu", tag, model)
-    for key in ("mean", "std", "interpolation"):
-        if key in pcfg:
-            record[key] = list(pcfg[key]) if isinstance(pcfg[key], tuple) else pcfg[key]
-    candidates = open_clip_tag_candidates(pcfg, cache_dir)
-    for _, path in candidates:
-        if path:
-            return WeightsSource("tag", model, path, record, quick)
-    looked = "; ".join(desc for desc, _ in candidates) or "(the tag names no file)"
-    how = f"{open_clip_tag_hint(model, tag, pcfg)}, or pass --pretrained PATH to a local weights file or model folder"
-    source = hf_endpoint() if pcfg.get("hf_hub") else pcfg.get("url", "")
-    if not source or not may_download(source):
-        # decided once: no minute of library retries, one message
-        raise InputError(
-            f"--pretrained {tag}: weights of {model} are not in the cache and no download is possible (offline: "
-            f"HF_HUB_OFFLINE/MLPL_OFFLINE set, or the host does not answer); looked for {looked}. To get them, {how}")
-    log.info("downloading %s weights %r (%s)", model, tag, record["source"])
-    try:
-        with _quiet_open_clip():
-            path = download_pretrained(pcfg, cache_dir=cache_dir)
-    except Exception as e:  # network errors come in many types
-        raise InputError(
-            f"--pretrained {tag}: weights of {model} are not cached and the download failed "
-            f"({e.__class__.__name__}: {e}); looked for {looked}. To get them, {how} "
-            "(HF_HUB_OFFLINE=1 skips the download attempt)"
-        ) from None
-    if not path or not os.path.isfile(path):
-        raise InputError(f"--pretrained {tag}: open_clip returned no weights file for {model}; looked for {looked}")
-    return WeightsSource("tag", model, path, record, quick)
-
-
 def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
     """Resolve `--model`/`--pretrained` to local files, without building a model.
 
@@ -240,7 +152,7 @@ def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
 
         root = Path(cfg.digits_cache) if cfg.digits_cache else None
         folder = digits_teacher.ensure_digits_teacher(root)
-        src = _resolve_folder(folder, "--model digits")
+        src = resolve_folder(folder, "--model digits")
         return WeightsSource("builtin", src.model_name, None, {**src.record, "kind": "builtin", "name": model})
     if pretrained and pretrained.startswith("hf-hub:"):
         raise InputError(f"--pretrained {pretrained}: a Hugging Face repository holds a model's config and weights "
@@ -249,15 +161,15 @@ def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
         if pretrained is not None:
             raise InputError(f"--pretrained {pretrained!r}: --model {model} brings its own weights; drop --pretrained")
         repo = model.removeprefix("hf-hub:")
-        src = _resolve_folder(open_clip_hub_folder(repo, "--model", cfg.cache_dir), "--model")
+        src = resolve_folder(open_clip_hub_folder(repo, "--model", cfg.cache_dir), "--model")
         return WeightsSource("folder", src.model_name, None, {**src.record, "kind": "hf-hub", "repo": repo})
     if model.startswith("local-dir:") or (os.sep in model and Path(model).exists()):
         folder = Path(model.removeprefix("local-dir:"))
         if not folder.is_dir():
             raise InputError(f"--model {model}: no such folder; expected an open_clip model folder")
-        return _resolve_folder(folder, "--model")
+        return resolve_folder(folder, "--model")
     if pretrained and Path(pretrained).is_dir():
-        src = _resolve_folder(Path(pretrained), "--pretrained")
+        src = resolve_folder(Path(pretrained), "--pretrained")
         cfg_name = open_clip.get_model_config(model.replace("/", "-"))
         if cfg_name is not None:
             log.info("--pretrained is a model folder: its own config is used (not the %s config)", model)
@@ -287,7 +199,7 @@ def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
         return WeightsSource("file", name, str(pretrained),
                              {"kind": "file", "file": Path(pretrained).name, "sha256": sha256_file(pretrained)})
     if open_clip.get_pretrained_cfg(name, pretrained):
-        return _resolve_tag(name, pretrained, cfg.cache_dir)
+        return resolve_tag(name, pretrained, cfg.cache_dir)
     if os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES):
         raise InputError(f"--pretrained {pretrained}: no such file or folder; expected a weights file, "
                          "an open_clip model folder, or an open_clip tag")
@@ -296,17 +208,6 @@ def resolve_weights(cfg: TeacherCfg) -> WeightsSource:
         f"Tags of {name}: {open_clip.list_pretrained_tags_by_model(name)}; or {RANDOM_WEIGHTS!r}"
     )
 
-
-@contextmanager
-def _quiet_open_clip() -> Iterator[None]:
-    """open_clip logs every loading step at INFO on the root logger; keep its warnings only."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def pick_precision(precision: str, device: torch.device) -> str:
@@ -383,7 +284,7 @@ def load_teacher(cfg: TeacherCfg, source: WeightsSource | None = None) -> Teache
         log.warning("teacher %s with random weights (seed %d): for timing only", source.model_name, RANDOM_SEED)
         torch.manual_seed(RANDOM_SEED)
     try:
-        with _quiet_open_clip():
+        with quiet_open_clip():
             model = open_clip.create_model(
                 source.model_name, pretrained=source.checkpoint, force_quick_gelu=source.force_quick_gelu,
                 device=device, cache_dir=cfg.cache_dir, pretrained_text=False,
@@ -444,33 +345,3 @@ def class_text_embeddings(
     finally:
         torch.set_num_threads(threads)
     return emb, prompts
-
-
-def list_teacher_weights(pattern: str = "*", cache_dir: str | None = None) -> list[tuple[str, str, str | None]]:
-    """(model, tag or '', cached file or None) for every open_clip model/tag matching `pattern`, then every
-    `hf-hub:` repository in the Hugging Face cache that holds an open_clip model (looks at local files only)."""
-    import fnmatch
-
-    import open_clip
-    from mlpl.stages.hub import OPEN_CLIP_HUB_CONFIG, open_clip_tag_cached
-
-    rows: list[tuple[str, str, str | None]] = []
-    tagged = set()
-    for model, tag in open_clip.list_pretrained():
-        if fnmatch.fnmatch(model, pattern):
-            rows.append((model, tag, open_clip_tag_cached(model, tag, cache_dir)))
-            tagged.add(model)
-    rows += [(model, "", None) for model in open_clip.list_models() if model not in tagged
-             and fnmatch.fnmatch(model, pattern)]
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        repos = scan_cache_dir(cache_dir).repos
-    except Exception:  # no cache folder yet, or one the scanner cannot read: nothing cached to list
-        repos = frozenset()
-    for repo in sorted(repos, key=lambda r: r.repo_id):
-        name = f"hf-hub:{repo.repo_id}"
-        files = {f.file_name: f.file_path for rev in repo.revisions for f in rev.files}
-        if OPEN_CLIP_HUB_CONFIG in files and fnmatch.fnmatch(name, pattern):
-            rows.append((name, "", str(files[OPEN_CLIP_HUB_CONFIG].parent)))
-    return rows
