@@ -105,8 +105,10 @@ def load_state(path: Path) -> dict[str, Any]:
     path = Path(path)
     start_over = "delete it to start the run from its first epoch, or choose another --out"
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" or head == b"PK":  # a pickle or torch.save's zip of pickles
+        head = fh.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header's "{"; its first byte may well be
+    # 0x80, so only a file that is not safetensors is checked for a pickle or torch.save's zip of pickles
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise InputError(f"{path}: written with pickle by an older mlpl; it is never loaded (a pickle can run "
                          f"code); {start_over}")
     try:

@@ -826,3 +826,18 @@ def test_error_in_a_dataloader_worker_is_one_line(digits, tmp_path, capsys):
     result = run_mlpl(["train", "--dataset", digits, "--out", tmp_path / "run", *TRAIN, "--workers", "1"], capsys)
     line = assert_clean_error(result, 2, ["train-000001.tar", "../000000032"])
     assert "Caught" not in line and "worker" not in line
+
+
+def test_a_state_whose_header_length_starts_like_a_pickle_still_loads(tmp_path):
+    """A safetensors file starts with its header's length (8 bytes, little endian): a length whose low byte is
+    0x80 (a pickle's first byte) must not be mistaken for a pickle."""
+    import torch
+    from mlpl.schemas.state import load_state, save_state
+
+    for pad in range(300):  # grow the JSON header one byte at a time until its length's low byte matches
+        state = {"w": torch.zeros(2), "note": "x" * pad}
+        save_state(tmp_path / "last.pt", state)
+        if (tmp_path / "last.pt").read_bytes()[0] == 0x80:
+            break
+    assert (tmp_path / "last.pt").read_bytes()[0] == 0x80  # 256 consecutive lengths hit every low byte
+    assert load_state(tmp_path / "last.pt")["note"] == "x" * pad

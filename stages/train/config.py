@@ -62,7 +62,7 @@ class TrainCfg:
         from mlpl.stages.families import get_family_info
 
         get_family_info(self.family, option="family")  # an unknown family is an error, never a default
-        for key in ("mean", "std"):  # a config.toml gives lists
+        for key in ("mean", "std", "loggers"):  # a config.toml gives lists
             if isinstance(getattr(self, key), list):
                 object.__setattr__(self, key, tuple(getattr(self, key)))
         for name, bounds in TRAIN_RANGES.items():
