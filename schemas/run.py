@@ -259,3 +259,14 @@ def dump_toml(d: dict[str, Any]) -> str:
         return lines
 
     return "\n".join(table("", d)) + "\n"
+
+
+def flatten_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A run's nested config tables as `section.key` → value (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -103,7 +103,7 @@ def test_store_holds_the_teachers_cosines(reference, dataset):
     feats = teacher.encode_images(normalize_views(views, "clip"))
     expected = (feats @ text.T).numpy()
     np.testing.assert_allclose(sims[1, 37].astype(np.float32), expected, atol=2e-3)
-    # the teacher reads digits in tiles, not in the crowded global view (ARCHITECTURE.md)
+    # the teacher reads digits in tiles, not in the crowded global view (docs/architecture.md, the digits world)
     from sklearn.metrics import average_precision_score
 
     labels = ds.labels.matrix(np.arange(80))

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.run import flatten_config as flatten
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,6 @@ class RunRecord:
     def dataset_identity(self) -> str:
         """The dataset's fingerprint when the run recorded it, else its name (older runs)."""
         return str(self.config.get("dataset_info.fingerprint", self.summary.dataset))
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested tables → `a.b.c` keys (lists kept as values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def read_run(path: Path) -> RunRecord:

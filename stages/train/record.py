@@ -18,6 +18,7 @@ from typing import Any
 
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.errors import InputError
+from mlpl.schemas.run import flatten_config as flatten
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,6 @@ def build_record(cfg: Any, parts: dict[str, Any], dataset_meta: Any, store_attrs
         record["store_info"] = {k: _plain(store_attrs[k]) for k in ("teacher", "views", "seeds", "dataset_fingerprint")
                                 if k in store_attrs}
     return record
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
