@@ -123,15 +123,9 @@ class EncoderLayer(nn.Module):
         return self.norm2(src + self.drop2(self.ffn(src)))
 
 
-class DecoderLayer(nn.Module):
-    """Post-norm cross-attention of the class queries to the positions (no query self-attention)."""
-
-    def __init__(self, dim: int, heads: int, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.ffn = _FeedForward(dim, hidden, dropout)
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+class DecoderLayer(EncoderLayer):
+    """Post-norm cross-attention of the class queries to the positions (no query self-attention); the same
+    parts as `EncoderLayer`, attending from the queries instead of from the positions."""
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor,
                 pos: torch.Tensor) -> torch.Tensor:
