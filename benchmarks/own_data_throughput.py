@@ -8,6 +8,7 @@ same model's forward pass over batches decoded beforehand; target ≥ 0.8× on t
 (`time.process_time`, this process only; the decoding workers' time is not in it) are shown beside images/s.
 
     python benchmarks/own_data_throughput.py --results benchmarks/RESULTS.md
+    python benchmarks/own_data_throughput.py --only predict --device cuda --backbone resnet50 --repeat 16 --workers 8
 """
 
 from __future__ import annotations
@@ -96,13 +97,13 @@ def make_run(folder: Path, backbone: str, image_size: int, classes: int) -> Path
 
 
 def predict_rounds(root: Path, scratch: Path, rounds: int, backbone: str, image_size: int, batch: int,
-                   workers: int) -> dict[str, list[tuple[float, float]]]:
+                   workers: int, device: str = "cpu", repeat: int = 1) -> dict[str, list[tuple[float, float]]]:
     import torch
     from mlpl.stages.deploy.model import load_pixels, load_run
     from mlpl.stages.deploy.predict import predict_files, write_predictions
 
-    files = sorted((root / "train2017").glob("*.jpg"))
-    loaded = load_run(make_run(scratch / "run", backbone, image_size, 80))
+    files = sorted((root / "train2017").glob("*.jpg")) * repeat  # a GPU needs more than 128 images to time
+    loaded = load_run(make_run(scratch / "run", backbone, image_size, 80), device)
     batches = [torch.stack([load_pixels(p.read_bytes(), image_size) for p in files[s : s + batch]])
                for s in range(0, len(files), batch)]
 
@@ -144,40 +145,49 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where predict runs (cpu, cuda)")
+    parser.add_argument("--repeat", type=int, default=1, help="predict each image this many times")
+    parser.add_argument("--only", choices=("prepare", "predict"), help="measure one of the two pairs")
     parser.add_argument("--results", type=Path, help="write the section into this Markdown file")
     args = parser.parse_args()
     if not args.root.is_dir():
         raise SystemExit(f"{args.root}: not found; this benchmark needs ../shared/data/coco128")
+    if args.only and args.results:
+        raise SystemExit("--results: writes the whole section; leave out --only")
     scratch = Path(tempfile.mkdtemp(prefix="mlpl-bench-"))
+    lines = [SECTION, "",
+             f"`benchmarks/own_data_throughput.py`: median of {args.rounds} alternating rounds. Machine: {machine()}.",
+             "Absolute figures move with the machine's other load; the ratios, measured side by side, are the "
+             "figures.", ""]
+    ratios = {}
     try:
-        prep = prepare_rounds(args.root, scratch, args.rounds)
-        pred = predict_rounds(args.root, scratch, args.rounds, args.backbone, args.image_size, args.batch_size,
-                              args.workers)
+        if args.only in (None, "prepare"):
+            prep = prepare_rounds(args.root, scratch, args.rounds)
+            ratios["prepare_ratio"] = statistics.median(v for v, _ in prep["prepare --dataset manifest"]) / \
+                statistics.median(v for v, _ in prep["prepare --dataset coco"])
+            lines += ["Prepare, the 126 annotated coco128 images (full labels, regimes full and spml), target ≥ 0.9×:",
+                      "", *table(prep, "prepare --dataset coco"), "",
+                      f"Manifest prepare runs at {ratios['prepare_ratio']:.2f}× the COCO converter.", ""]
+        if args.only in (None, "predict"):
+            import torch
+
+            pred = predict_rounds(args.root, scratch, args.rounds, args.backbone, args.image_size, args.batch_size,
+                                  args.workers, args.device, args.repeat)
+            ratios["predict_ratio"] = statistics.median(v for v, _ in pred["mlpl predict"]) / \
+                statistics.median(v for v, _ in pred["bare forward, pre-decoded batches"])
+            where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "the CPU"
+            lines += [f"Predict, the 128 coco128 JPEGs × {args.repeat}, {args.backbone} at {args.image_size} px "
+                      f"(random weights, 80 classes), batch {args.batch_size}, {args.workers} decoding worker(s), "
+                      f"on {where}; "
+                      "target ≥ 0.8×:", "", *table(pred, "bare forward, pre-decoded batches"), "",
+                      f"`mlpl predict` runs at {ratios['predict_ratio']:.2f}× the bare forward pass.", ""]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    ratio_prep = statistics.median(v for v, _ in prep["prepare --dataset manifest"]) / \
-        statistics.median(v for v, _ in prep["prepare --dataset coco"])
-    ratio_pred = statistics.median(v for v, _ in pred["mlpl predict"]) / \
-        statistics.median(v for v, _ in pred["bare forward, pre-decoded batches"])
-    lines = [
-        SECTION, "",
-        f"`benchmarks/own_data_throughput.py`: median of {args.rounds} alternating rounds. Machine: {machine()}.",
-        "Absolute figures move with the machine's other load; the ratios, measured side by side, are the figures.",
-        "", "Prepare, the 126 annotated coco128 images (full labels, regimes full and spml), target ≥ 0.9×:", "",
-        *table(prep, "prepare --dataset coco"), "",
-        f"Predict, the 128 coco128 JPEGs, {args.backbone} at {args.image_size} px (random weights, 80 classes), "
-        f"batch {args.batch_size}, {args.workers} decoding worker(s), on the CPU; target ≥ 0.8×:", "",
-        *table(pred, "bare forward, pre-decoded batches"), "",
-        f"Manifest prepare runs at {ratio_prep:.2f}× the COCO converter; `mlpl predict` at {ratio_pred:.2f}× the "
-        "bare forward pass. The GPU figure for predict is still to be measured.",
-        "",
-    ]
     section = "\n".join(lines)
     print(section)
-    print(json.dumps({"prepare_ratio": ratio_prep, "predict_ratio": ratio_pred}))
+    print(json.dumps(ratios))
     if args.results:
         write_section(args.results, section)
-
 
 if __name__ == "__main__":
     main()

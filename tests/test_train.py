@@ -36,6 +36,28 @@ def test_train_an_writes_run(digits_small, tmp_path):
     assert (out / "best.safetensors").exists() and (out / "last.pt").exists()
 
 
+def test_best_val_is_the_epoch_record_not_predicted_again(digits_small, tmp_path, monkeypatch):
+    """The summary's val metrics are the best epoch's record; val is predicted once per epoch, test once."""
+    from mlpl.stages.train import loop
+
+    calls: list[str] = []
+    real = loop.predict
+
+    def counting(model, ds, split, *args, **kwargs):
+        calls.append(split)
+        return real(model, ds, split, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "predict", counting)
+    out = tmp_path / "an"
+    assert run_cli(["train", "--dataset", digits_small, "--method", "an", "--out", out, *TINY]) == 0
+    assert calls == ["val", "val", "test"]
+    summary = run_schema.validate(out)
+    best = [r for r in run_schema.read_metrics(out) if r["split"] == "val" and r["epoch"] == summary.best_epoch]
+    assert len(best) == 1
+    assert summary.val.map == best[0]["map"] and summary.val.cf1 == best[0]["cf1"]
+    assert summary.val.map == max(r["map"] for r in run_schema.read_metrics(out) if r["split"] == "val")
+
+
 def test_train_aevlp_with_store_logs_pseudo_quality(digits_small, oracle_store, tmp_path):
     out = tmp_path / "aevlp"
     code = run_cli(["train", "--dataset", digits_small, "--method", "aevlp", "--pseudo-store", oracle_store,

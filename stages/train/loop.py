@@ -305,6 +305,8 @@ class Trainer:
                 if val is None or val["map"] >= max(history["val_map"]):  # no val split: the last epoch
                     history["best_epoch"] = epoch
                     save_best(self.out, model, self.model_meta())
+            if val is not None and val["map"] >= max(history["val_map"]):
+                history["best_val"] = val  # the saved weights' val metrics: the summary reports them as measured
             history["stopped"] = should_stop(cfg.early_stop, history["val_map"])
             history["epochs_run"] = epoch
             if self.rank == 0:
@@ -328,7 +330,10 @@ class Trainer:
         load_best(self.out, model)
         val = None
         skipped: dict[str, int] = {}  # per split, images that did not decode (metrics are over the others)
-        if self.has_val:
+        if self.has_val and "best_val" in history:  # measured when the best weights were saved: not predicted again
+            val = dict(history["best_val"])
+            skipped["val"] = int(val["skipped_images"])
+        elif self.has_val:  # a training state written before the history kept them
             _, vp, vf = predict(model, self.ds, "val", self.stream, self.device, self.amp, skipped,
                                 rank=self.rank, world=self.world)
             val = {**split_metrics(vp, vf, self.cfg.threshold), "skipped_images": float(skipped["val"])}
