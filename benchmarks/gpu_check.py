@@ -101,8 +101,16 @@ def stage_one(args: argparse.Namespace, dataset: Path, root: Path, device: torch
         done += len(x)
     synchronize(device)
     bare = done / (time.perf_counter() - start)
-    report = run_precompute(cfg, teacher=teacher)
+    stamps: list[tuple[float, int]] = []  # (time, images done) after every batch
+
+    def progress(phase: str, done: int, total: int) -> None:
+        stamps.append((time.perf_counter(), done))
+
+    report = run_precompute(cfg, teacher=teacher, progress=progress)
     whole = report.views / report.seconds
+    # after the first batch: the rate once the workers have started (their start is paid once per run)
+    (t_first, n_first), (t_last, n_last) = stamps[1], stamps[-1]
+    steady = (n_last - n_first) * v / max(t_last - t_first, 1e-9)
     stream = ViewStream(train_tasks(open_dataset(dataset), (0,)), views, args.view_batch, args.workers)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          prefetch_factor=4 if args.workers else None,
@@ -114,7 +122,8 @@ def stage_one(args: argparse.Namespace, dataset: Path, root: Path, device: torch
         images += len(rows)
     synchronize(device)
     data = images * v / (time.perf_counter() - start)
-    return {"bare": bare, "whole": whole, "data": data, "unit": "views/s"}
+    return {"bare": bare, "whole": whole, "data": data, "unit": "views/s", "steady": steady,
+            "startup": t_first - stamps[0][0]}
 
 
 def stage_two(args: argparse.Namespace, dataset: Path, root: Path, device: torch.device) -> dict[str, float]:
@@ -176,7 +185,8 @@ def stage_two(args: argparse.Namespace, dataset: Path, root: Path, device: torch
         images += len(b["row"])
     synchronize(device)
     data = images / (time.perf_counter() - start) / batch
-    return {"bare": bare, "whole": whole, "data": data, "unit": f"steps/s (batch {batch})"}
+    return {"bare": bare, "whole": whole, "data": data, "unit": f"steps/s (batch {batch})", "steady": whole,
+            "startup": stamps[skip] - stamps[0]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         for label, r in ((f"one: {args.teacher} encode_image", one), (f"two: {args.backbone} train step", two)):
             print(f"| {label} | {r['unit']} | {r['bare']:,.1f} | {r['whole']:,.1f} | {r['whole'] / r['bare']:.2f} | "
                   f"{r['data']:,.1f} | {r['data'] / r['bare']:.2f} |")
+        for label, r in (("one", one), ("two", two)):
+            print(f"stage {label}: first batches after {r['startup']:.2f} s; after them {r['steady']:,.1f} "
+                  f"{r['unit']} ({r['steady'] / r['bare']:.2f}× bare)")
         sys.stdout.flush()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -47,3 +47,15 @@ def gather_rows(rows: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...
     joined = [np.concatenate([p[i] for p in parts if p is not None]) for i in range(1 + len(columns))]
     order_rows, first = np.unique(joined[0], return_index=True)
     return (order_rows, *(column[first] for column in joined[1:]))
+
+
+def share_buffers_(model: torch.nn.Module) -> None:
+    """In place: every rank's buffers (batch-norm running statistics) become rank 0's.
+
+    Training under DistributedDataParallel leaves each rank with the statistics of its own last batches;
+    the model that is evaluated and saved is rank 0's, so every rank must predict its share with those.
+    """
+    if not is_distributed():
+        return
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)

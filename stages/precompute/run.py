@@ -258,7 +258,12 @@ def _run_tasks(
     store: Store, tasks: list[Task], views: ViewCfg, teacher: Any, text_emb: torch.Tensor, cfg: PrecomputeCfg,
     progress: ProgressFn | None,
 ) -> int:
-    """Run the teacher over `tasks`, writing each whole chunk as soon as its last batch is in."""
+    """Run the teacher over `tasks`, writing each whole chunk as soon as its last batch is in.
+
+    On a GPU the host never waits for the batch it has just started: a batch's cosines come back by an
+    asynchronous copy that the host collects one batch later, so the next batch's views are on their way
+    while the teacher still runs (a wait per batch would leave the GPU idle between batches).
+    """
     if not tasks:
         return 0
     by_index = {t.index: t for t in tasks}
@@ -278,11 +283,14 @@ def _run_tasks(
     # one writer thread: compressing and writing a chunk (then its done mark) overlaps the next forward
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer") as writer:
         pending: list[Future] = []
-        for task_index, rows, batch, ok, last, slot in loader:
-            images += _teach_batch(task_index, rows, batch, ok, by_index, sims_buf, emb_buf, views, teacher, text, cfg)
-            stream.release(int(slot))
-            if last:
-                task = by_index[int(task_index)]
+
+        def land(batch: _InFlight) -> None:
+            """The batch's cosines into its task's buffers; its task's chunk to the writer after its last batch."""
+            nonlocal images
+            batch.land(sims_buf, emb_buf)
+            images += batch.images
+            if batch.last:
+                task = batch.task
                 for done in [f for f in pending if f.done()]:
                     done.result()  # a failed write stops the run here
                     pending.remove(done)
@@ -290,6 +298,23 @@ def _run_tasks(
                                              emb_buf.pop(task.index, None)))
             if progress:
                 progress(PHASE, images, total)
+
+        in_flight: _InFlight | None = None
+        for task_index, rows, batch, ok, last, slot in loader:
+            task = by_index[int(task_index)]
+            if task.index not in sims_buf:
+                sims_buf[task.index] = np.full((task.num_rows, views.num_views, text.shape[0]), np.nan,
+                                               dtype=np.float16)
+                if cfg.keep_embeddings:
+                    emb_buf[task.index] = np.full((task.num_rows, views.num_views, teacher.embed_dim), np.nan,
+                                                  dtype=np.float16)
+            started = _start_batch(task, rows, batch, ok, bool(last), views, teacher, text, cfg)
+            stream.release(int(slot))  # the views are on the device (or copied out of the slot) by now
+            if in_flight is not None:
+                land(in_flight)
+            in_flight = started
+        if in_flight is not None:
+            land(in_flight)
         for future in pending:
             future.result()
     if sims_buf:
@@ -297,26 +322,54 @@ def _run_tasks(
     return images
 
 
-def _teach_batch(
-    task_index: int, rows: torch.Tensor, batch: torch.Tensor, ok: torch.Tensor, by_index: dict[int, Task],
-    sims_buf: dict[int, np.ndarray], emb_buf: dict[int, np.ndarray], views: ViewCfg, teacher: Any,
-    text: torch.Tensor, cfg: PrecomputeCfg,
-) -> int:
-    """Cosines of one batch's views into its task's buffers; returns the number of images."""
-    task = by_index[int(task_index)]
+@dataclass
+class _InFlight:
+    """One batch whose cosines (and embeddings) are on their way back to host memory."""
+
+    task: Task
+    images: int
+    last: bool
+    keep: np.ndarray  # the batch's rows that decoded, relative to the task's first row
+    sims: torch.Tensor | None  # fp16 [len(keep), V, C], host memory (valid once `ready` fired)
+    emb: torch.Tensor | None
+    ready: Any  # a CUDA event recorded after the copies; None on the CPU
+
+    def land(self, sims_buf: dict[int, np.ndarray], emb_buf: dict[int, np.ndarray]) -> None:
+        if self.sims is None:
+            return
+        if self.ready is not None:
+            self.ready.synchronize()
+        sims_buf[self.task.index][self.keep] = self.sims.numpy()
+        if self.emb is not None:
+            emb_buf[self.task.index][self.keep] = self.emb.numpy()
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """`x` in host memory: an asynchronous copy into page-locked memory from a GPU, else `x` itself."""
+    if x.device.type != "cuda":
+        return x
+    out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    out.copy_(x, non_blocking=True)
+    return out
+
+
+def _start_batch(
+    task: Task, rows: torch.Tensor, batch: torch.Tensor, ok: torch.Tensor, last: bool, views: ViewCfg,
+    teacher: Any, text: torch.Tensor, cfg: PrecomputeCfg,
+) -> _InFlight:
+    """Start the teacher on one batch's views and the copy of their cosines back to the host."""
     v, c = views.num_views, text.shape[0]
-    if task.index not in sims_buf:
-        sims_buf[task.index] = np.full((task.num_rows, v, c), np.nan, dtype=np.float16)
-        if cfg.keep_embeddings:
-            emb_buf[task.index] = np.full((task.num_rows, v, teacher.embed_dim), np.nan, dtype=np.float16)
     n_ok = int(ok.sum())
-    if n_ok:
-        keep = rows[ok].numpy() - task.first_row
-        good = batch if n_ok == len(ok) else batch[ok]
-        x = normalize_views(good.to(teacher.device, non_blocking=True), views.normalize)
-        feats = teacher.encode_images(x)
-        sims = (feats @ text.T).view(len(keep), v, c)
-        sims_buf[task.index][keep] = sims.to(torch.float16).cpu().numpy()
-        if cfg.keep_embeddings:
-            emb_buf[task.index][keep] = feats.view(len(keep), v, -1).to(torch.float16).cpu().numpy()
-    return len(rows)
+    if not n_ok:
+        return _InFlight(task, len(rows), last, np.zeros(0, dtype=np.int64), None, None, None)
+    keep = rows[ok].numpy() - task.first_row
+    good = batch if n_ok == len(ok) else batch[ok]
+    x = normalize_views(good.to(teacher.device, non_blocking=True), views.normalize)
+    feats = teacher.encode_images(x)
+    sims = _to_host((feats @ text.T).view(len(keep), v, c).to(torch.float16))
+    emb = _to_host(feats.view(len(keep), v, -1).to(torch.float16)) if cfg.keep_embeddings else None
+    ready = None
+    if teacher.device.type == "cuda":
+        ready = torch.cuda.Event()
+        ready.record()
+    return _InFlight(task, len(rows), last, keep, sims, emb, ready)

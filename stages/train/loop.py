@@ -16,7 +16,7 @@ from mlpl.schemas.dataset import open_dataset
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.store import Store, check_matches_dataset, open_store
 from mlpl.stages.accumulate import AccumulatedPseudoLabels
-from mlpl.stages.collectives import sum_over_ranks
+from mlpl.stages.collectives import share_buffers_, sum_over_ranks
 from mlpl.stages.evaluate.pseudo_quality import PseudoLabelQuality
 from mlpl.stages.runtime import (
     cores_per_process,
@@ -37,7 +37,7 @@ from mlpl.stages.train.parts import build_parts
 from mlpl.stages.train.predict import predict, split_metrics
 from mlpl.stages.train.pseudolabels import PSEUDOLABELLERS
 from mlpl.stages.train.resolved import RESOLVED_KEY, resolve_parts
-from mlpl.stages.train.stream import StreamCfg, model_input, train_loader
+from mlpl.stages.train.stream import StreamCfg, model_input, to_device, train_loader
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,9 @@ class Trainer:
         )
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
         state = EpochState(epoch=epoch, num_epochs=self.cfg.epochs)
-        total, seen = 0.0, 0
+        # the loss is summed on the device: reading it every step would make the host wait for each step's end
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen = 0
         self.counts = {"undecodable_images": 0, "sims_nan_rows": 0, "sims_nan_views": 0}
         n_batches = len(loader) if not self.cfg.max_batches else min(len(loader), self.cfg.max_batches)
         for i, batch in enumerate(loader):
@@ -218,8 +220,9 @@ class Trainer:
             if self.loss_info.head_outputs:
                 extra["head"] = {name: head_out.aux[name].float() for name in self.loss_info.head_outputs}
             out = self.loss_info.fn(
-                logits=logits.float(), observed=observed.to(self.device),
-                pseudo=None if pseudo is None else pseudo.long().to(self.device), epoch=state, cfg=self.loss_cfg,
+                logits=logits.float(), observed=to_device(observed, self.device),
+                pseudo=None if pseudo is None else to_device(pseudo.long(), self.device), epoch=state,
+                cfg=self.loss_cfg,
                 **extra,
             )
             # a head's own regulariser (MIME's KL) joins whatever loss the method trains with
@@ -234,12 +237,12 @@ class Trainer:
                         torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
             opt.step()
             self.labels.after_step(rows=rows, logits=logits.detach().float(), observed=observed, out=out, epoch=state)
-            total += float(total_loss.detach()) * len(observed)
+            total += total_loss.detach().double() * len(observed)
             seen += len(observed)
             self.progress(f"epoch {epoch}/{self.cfg.epochs}", i + 1, n_batches)
         # every rank's cells and images count once: sums over ranks, not rank 0's or a mean of per-rank means
         total, seen, undecodable = sum_over_ranks(
-            torch.tensor([total, seen, loader.undecodable], dtype=torch.float64)).tolist()
+            torch.tensor([total.item(), seen, loader.undecodable], dtype=torch.float64)).tolist()
         self.counts["undecodable_images"] = int(undecodable)
         return total / max(seen, 1)
 
@@ -276,6 +279,7 @@ class Trainer:
             self.quality.reset()
             self.labels.begin_epoch()
             loss = self.train_epoch(train_forward, opt, epoch, self.quality)
+            share_buffers_(model)  # the model every rank predicts with below is the one rank 0 saves
             self.labels.synchronise()
             self.quality.synchronise()
             self.accumulated.synchronise()

@@ -156,6 +156,13 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` on `device`; to a GPU through page-locked memory, so the copy does not make the host wait."""
+    if device.type == "cuda" and not x.is_pinned():
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
+
 def model_input(batch: dict[str, torch.Tensor], device: torch.device, mean: tuple[float, ...],
                 std: tuple[float, ...]) -> torch.Tensor:
     """A batch's uint8 images as the model's float input on `device`: flipped where the row's coin said so,
