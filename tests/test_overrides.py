@@ -71,14 +71,15 @@ def test_bad_grids():
         parse_grids(["deltaneg=0.1,0.2"])
 
 
-def test_logger_checks():
+def test_logger_checks(monkeypatch):
+    import importlib.util
+
     from mlpl.stages.train.loggers import check_loggers
 
     check_loggers(["csv", "tensorboard"])
     with pytest.raises(InputError, match="--logger: unknown logger 'tensorbord'.*did you mean 'tensorboard'"):
         check_loggers(["tensorbord"])
-    import importlib.util
-
-    if importlib.util.find_spec("wandb") is None:
-        with pytest.raises(InputError, match=r"--logger wandb: the 'wandb' package is not installed; pip install"):
-            check_loggers(["wandb"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(InputError, match=r"--logger wandb: the 'wandb' package is not installed; pip install"):
+        check_loggers(["wandb"])

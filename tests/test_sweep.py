@@ -142,9 +142,33 @@ def test_loggers(digits_small, tmp_path):
     out = tmp_path / "run"
     assert run_cli(["train", "--dataset", digits_small, "--method", "an", "--out", out, "--logger", "csv",
                     "--logger", "tensorboard", *TINY]) == 0
+    val = {r["epoch"]: r["map"] for r in run_schema.read_metrics(out) if r["split"] == "val"}
     lines = (out / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,split,metric,value" and any(line.startswith("1,val,map,") for line in lines)
-    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert lines[0] == "epoch,split,metric,value"
+    assert {int(e): float(v) for e, split, metric, v in (line.split(",") for line in lines[1:])
+            if split == "val" and metric == "map"} == val
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert {e.step: e.value for e in events.Scalars("val/map")} == pytest.approx(val, abs=1e-4)  # stored as fp32
+    assert "train/loss" in events.Tags()["scalars"]
+
+
+def test_wandb_logger_offline(digits_small, tmp_path, monkeypatch):
+    """`--logger wandb` works without a network: an offline run in the run folder holding the epochs' metrics."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert run_cli(["train", "--dataset", digits_small, "--method", "an", "--out", out, "--logger", "wandb",
+                    *TINY]) == 0
+    logs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1
+    data = logs[0].read_bytes()  # protobuf records: keys and JSON-encoded values are stored as text
+    for key in (b"val/map", b"train/loss", b"test_map", b"lr"):
+        assert key in data
+    test_map = run_schema.read_summary(out).test.map
+    assert repr(test_map).encode() in data
 
 
 def test_killed_sweep_resumes(digits_small, tmp_path):

@@ -102,7 +102,7 @@ class WandbLogger:
 
         self.wandb = wandb
         self.run = wandb.init(dir=str(folder), name=name, project=os.environ.get("WANDB_PROJECT", "mlpl"),
-                              mode=os.environ.get("WANDB_MODE", "offline"), reinit=True)
+                              mode=os.environ.get("WANDB_MODE", "offline"), reinit="create_new")
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         self.run.log({f"{record['split']}/{k}": v for k, v in _scalars(record).items()}, step=int(record["epoch"]))
