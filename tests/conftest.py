@@ -21,6 +21,15 @@ def run_cli(args: list[str]) -> int:
     return 0
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (so that test suites running side by side never share one)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def digits_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small prepared digits dataset (200 official train canvases, 50 test, 64 rows per shard)."""

@@ -18,7 +18,7 @@ from mlpl.schemas.state import load_state
 from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, create_label_state_cfg
 from mlpl.stages.train.losses import EpochState
 
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 N, C = 12, 3
 
@@ -226,7 +226,7 @@ def test_torchrun_two_ranks_share_one_selection(digits_methods, tmp_path) -> Non
     preset.write_text("[label_state_params]\nwarmup = 1\n")
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29549", "-m", "mlpl.cli", "train",
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "mlpl.cli", "train",
            "--dataset", str(digits_methods), "--method", "em-apl", "--out", str(out), "--preset", str(preset),
            "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--workers", "1", "--max-batches", "2",
            "--device", "cpu"]

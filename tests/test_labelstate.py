@@ -18,6 +18,8 @@ from mlpl.stages.train.labelstate import (
     create_label_state_cfg,
 )
 
+from tests.conftest import free_port
+
 
 def test_row_table_reads_float32_and_stores_its_dtype():
     table = RowTable(np.full((4, 3), 0.5, np.float32), dtype=torch.float16)
@@ -59,7 +61,7 @@ def test_row_tables_combine_the_changes_of_every_rank():
     """After an epoch every rank holds every rank's updates (disjoint rows: sum of deltas; flags: max)."""
     with mp.Manager() as manager:
         result = manager.dict()
-        mp.spawn(_sync_worker, args=(2, 29541, result), nprocs=2, join=True)
+        mp.spawn(_sync_worker, args=(2, free_port(), result), nprocs=2, join=True)
         result = dict(result)
     start = np.arange(12, dtype=np.float32).reshape(4, 3)
     expected = start + np.array([[100], [200], [100], [200]])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from mlpl.schemas import run as run_schema
 
-from tests.conftest import make_oracle_store, run_cli
+from tests.conftest import free_port, make_oracle_store, run_cli
 
 
 def _collectives_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -40,7 +40,7 @@ def _collectives_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_collectives_sum_union_and_gather(tmp_path):
-    torch.multiprocessing.spawn(_collectives_worker, args=(2, 29561, str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_collectives_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results[0] == results[1]
     result = results[0]
@@ -75,7 +75,7 @@ def test_two_processes_match_one(digits_small, tmp_path, capsys):
     one = tmp_path / "one"
     assert run_cli(["train", *common, "--method", "aevlp", "--batch-size", "32", "--out", one]) == 0
     # the sweep under torchrun is the same command as without it
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29547",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "mlpl.cli", "sweep", *common, "--methods", "aevlp", "--seeds", "0", "--batch-size", "16",
            "--out", str(tmp_path / "sweep")]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,

@@ -19,6 +19,8 @@ from mlpl.stages.train.labelstate import LabelStateContext, create_label_state, 
 from mlpl.stages.train.labelstate.role import initial_logits
 from mlpl.stages.train.losses import EpochState, create_loss_cfg, get_loss_info
 
+from tests.conftest import free_port
+
 EPS = 1e-5
 E1 = EpochState(epoch=1, num_epochs=10)
 
@@ -218,7 +220,7 @@ def test_torchrun_two_ranks_train_every_row_of_the_estimator(digits_methods, tmp
     gives every rank (and so the state rank 0 saves) the updates of all rows, not only rank 0's."""
     torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29547", "-m", "mlpl.cli", "train",
+    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "mlpl.cli", "train",
            "--dataset", str(digits_methods), "--method", "role", "--out", str(out), "--epochs", "1",
            "--batch-size", "16", "--image-size", "32", "--workers", "1", "--device", "cpu"]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,

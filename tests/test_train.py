@@ -14,7 +14,7 @@ import pytest
 from mlpl.schemas import run as run_schema
 from mlpl.schemas.errors import InputError
 
-from tests.conftest import make_oracle_store, run_cli
+from tests.conftest import free_port, make_oracle_store, run_cli
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--image-size", "32", "--workers", "1"]
 
@@ -139,7 +139,7 @@ def test_evaluate_command(digits_small, tmp_path, capsys):
 def test_torchrun_two_ranks_train(digits_small, tmp_path):
     """DistributedDataParallel under torchrun on CPU (gloo): equal batches per rank, one summary."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "mlpl.cli", "train",
            "--dataset", str(digits_small), "--method", "an", "--out", str(out), *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
