@@ -126,7 +126,8 @@ def stage_one(args: argparse.Namespace, dataset: Path, root: Path, device: torch
             "startup": t_first - stamps[0][0]}
 
 
-def stage_two(args: argparse.Namespace, dataset: Path, root: Path, device: torch.device) -> dict[str, float]:
+def stage_two(args: argparse.Namespace, dataset: Path, root: Path, device: torch.device,
+              decode: str = "workers") -> dict[str, float]:
     from mlpl.config import resolve_train_cfg
     from mlpl.schemas.dataset import open_dataset
     from mlpl.stages.pixels import normalize_uint8
@@ -167,8 +168,9 @@ def stage_two(args: argparse.Namespace, dataset: Path, root: Path, device: torch
             stamps.append(time.perf_counter())
 
     overrides = {"backbone": args.backbone, "pretrained": False, "image_size": size, "batch_size": batch,
-                 "epochs": 1, "workers": args.workers, "device": str(device), "max_batches": args.train_steps}
-    cfg = resolve_train_cfg("an", str(dataset), ds.meta.name, str(root / "run"), None, overrides,
+                 "epochs": 1, "workers": args.workers, "device": str(device), "max_batches": args.train_steps,
+                 "decode": decode}
+    cfg = resolve_train_cfg("an", str(dataset), ds.meta.name, str(root / f"run-{decode}"), None, overrides,
                             family=ds.meta.family)
     Trainer(cfg, progress=progress).run()
     skip = min(3, len(stamps) - 2)  # the first batches wait for the workers to start
@@ -177,7 +179,7 @@ def stage_two(args: argparse.Namespace, dataset: Path, root: Path, device: torch
     from mlpl.stages.train.stream import StreamCfg
 
     stream = StreamCfg(image_size=size, batch_size=batch, workers=args.workers,
-                       pin_memory=device.type == "cuda")
+                       pin_memory=device.type == "cuda", decode=decode, device=str(device))
     obs = np.zeros((ds.meta.splits["train"], ds.meta.num_classes), dtype=np.int8)
     start, images = time.perf_counter(), 0
     for b in train_loader(ds, obs, stream, epoch=0, seed=0):
@@ -215,15 +217,17 @@ def main(argv: list[str] | None = None) -> None:
         dataset = make_dataset(root, args.images, 20, args.scale, args.rows_per_shard)
         one = stage_one(args, dataset, root, device)
         two = stage_two(args, dataset, root, device)
+        two_device = stage_two(args, dataset, root, device, decode="device")
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
         print(f"\ndevice: {name}; {args.workers} DataLoader workers; {args.images} synthetic JPEGs; "
               f"{time.perf_counter() - t0:.0f} s")
         print("| stage | unit | bare model | whole stage | stage / bare | data path alone | data / bare |")
         print("|---|---|---|---|---|---|---|")
-        for label, r in ((f"one: {args.teacher} encode_image", one), (f"two: {args.backbone} train step", two)):
+        for label, r in ((f"one: {args.teacher} encode_image", one), (f"two: {args.backbone} train step", two),
+                         (f"two, --decode device: {args.backbone} train step", two_device)):
             print(f"| {label} | {r['unit']} | {r['bare']:,.1f} | {r['whole']:,.1f} | {r['whole'] / r['bare']:.2f} | "
                   f"{r['data']:,.1f} | {r['data'] / r['bare']:.2f} |")
-        for label, r in (("one", one), ("two", two)):
+        for label, r in (("one", one), ("two", two), ("two, --decode device", two_device)):
             print(f"stage {label}: first batches after {r['startup']:.2f} s; after them {r['steady']:,.1f} "
                   f"{r['unit']} ({r['steady'] / r['bare']:.2f}× bare)")
         sys.stdout.flush()

@@ -112,14 +112,16 @@ def predict_rounds(root: Path, scratch: Path, rounds: int, backbone: str, image_
             loaded.probabilities(images)
         return len(files)
 
-    def predict() -> int:
-        pred = predict_files(loaded, files, batch_size=batch, workers=workers)
+    def predict(decode: str = "workers") -> int:
+        pred = predict_files(loaded, files, batch_size=batch, workers=workers, decode=decode)
         write_predictions(scratch / "pred.csv", pred, {})
         return len(pred.images)
 
-    out: dict[str, list[tuple[float, float]]] = {"bare forward, pre-decoded batches": [], "mlpl predict": []}
+    runs = {"bare forward, pre-decoded batches": bare, "mlpl predict": predict,
+            "mlpl predict --decode device": lambda: predict("device")}
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for r in range(rounds + 1):
-        for name, fn in (("bare forward, pre-decoded batches", bare), ("mlpl predict", predict)):
+        for name, fn in runs.items():
             wall, cpu, n = timed(fn)
             if r:
                 out[name].append((n / wall, cpu / n))

@@ -40,6 +40,9 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "workers": (Annotated[str | None, typer.Option(
         help="DataLoader workers: a count, or 'auto' (this process's cores minus one).")], None),
     "device": (Annotated[str | None, typer.Option(help="auto, cpu, cuda.")], None),
+    "decode": (Annotated[str | None, typer.Option(
+        help="Where JPEGs are decoded: workers (CPU, the default) or device (nvJPEG on the GPU; pixels within "
+             "a few units of the workers').")], None),
     "max_batches": (Annotated[int | None, typer.Option(help="Stop each epoch after N batches (smoke runs).")], None),
     "logger": (Annotated[list[str] | None, typer.Option(
         help="Also log to: tensorboard, csv, wandb (repeatable; metrics.jsonl is always written).")], None),

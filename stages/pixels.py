@@ -39,6 +39,7 @@ MAX_OFFSET_ERROR = 0.04
 _DROPPED = np.arange(129)  # candidate numbers of dropped outputs (scales near 1/2 or 1 drift slowly)
 
 _JPEG_MAGIC = b"\xff\xd8"
+_JPEG_END = b"\xff\xd9"
 _PIL_ONLY_JPEG = ("CMYK", "YCCK")  # libjpeg-turbo does not convert these to RGB; PIL does
 
 
@@ -61,6 +62,64 @@ def decode_array(data: bytes) -> np.ndarray:
             # strict: libjpeg-turbo's warnings (premature end of data, corrupt segments) are errors
             return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     return np.array(decode_rgb(data))  # a writable copy: torch takes the array over
+
+
+def device_decodable(data: bytes) -> bool:
+    """Whether `decode_jpegs` can take these bytes: a JPEG whose colour space converts to RGB on a GPU decoder
+    (the others — PNG, CMYK/YCCK JPEG, anything else — are decoded on the CPU by `decode_uint8`)."""
+    if data[:2] != _JPEG_MAGIC or data.rstrip(b"\0")[-2:] != _JPEG_END:
+        return False  # a JPEG without its end marker is likely cut short: the strict CPU decoder judges it
+    import simplejpeg
+
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return False  # not a readable header: the CPU decoder says what is wrong with it
+    return colorspace not in _PIL_ONLY_JPEG
+
+
+def pack_bytes(files: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded files end to end in one uint8 tensor, with offsets [n + 1] (one tensor crosses a worker boundary
+    at the cost of one; n tensors at the cost of n)."""
+    joined = bytearray(b"".join(files))
+    flat = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.empty(0, dtype=torch.uint8)
+    return flat, torch.tensor(np.concatenate([[0], np.cumsum([len(f) for f in files])]), dtype=torch.long)
+
+
+def unpack_bytes(flat: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
+    """The files of `pack_bytes` as 1-D uint8 tensors (views, no copy)."""
+    ends = offsets.tolist()
+    return [flat[ends[j] : ends[j + 1]] for j in range(len(ends) - 1)]
+
+
+def decode_jpegs(datas: list[torch.Tensor], device: torch.device, size: int, interpolation: str = "bilinear"
+                 ) -> list[torch.Tensor | None]:
+    """JPEGs (1-D uint8 CPU tensors) decoded on `device` (nvJPEG on a GPU) and resized to uint8 [3, size, size]
+    there; None for an image that does not decode.
+
+    The pixels are within a few uint8 units of `decode_uint8` + `resize_uint8` (another IDCT, and the resize
+    runs in float and rounds once), not identical: a run records which decoder it used.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        images: list[torch.Tensor | None] = list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
+        images = []
+        for data in datas:
+            try:
+                images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                images.append(None)
+    out: list[torch.Tensor | None] = []
+    for image in images:
+        if image is None:
+            out.append(None)
+            continue
+        x = F.interpolate(image[None].float(), size=(size, size), mode=_TORCH_MODE[interpolation],
+                          antialias=interpolation != "nearest")
+        out.append(x[0].round_().clamp_(0, 255).to(torch.uint8))
+    return out
 
 
 def resize_uint8(image: torch.Tensor, size: int | tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:

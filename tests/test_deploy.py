@@ -109,6 +109,51 @@ def test_predict_writes_every_format_and_lists_unreadable_images(trained, pictur
         assert len(rows[i]["labels"]) <= 3 and all(rows[i]["probabilities"][c] >= 0.5 for c in rows[i]["labels"])
 
 
+def test_predict_decoding_jpegs_on_the_device_matches_the_workers(trained, pictures, tmp_path, capsys):
+    """`--decode device`: JPEGs decoded in the main process on the run's device (here the CPU, as on a GPU), PNGs
+    and bad files left to the workers; the same images, probabilities within 1e-3, the same unreadable list."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(pictures, folder)
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (36 + 4 * i, 50, 3), dtype=np.uint8)).save(folder / f"photo{i}.jpg",
+                                                                                         quality=92)
+    whole = (folder / "photo0.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])  # no end marker: the strict CPU decoder judges it
+    tables = {}
+    for decode in ("workers", "device"):
+        out = tmp_path / f"{decode}.csv"
+        assert run_cli(["predict", trained, folder, "--out", out, "--workers", "1", "--decode", decode]) == 0
+        assert "skipped 2 unreadable images" in capsys.readouterr().out
+        tables[decode] = pcsv.read_csv(out)
+    a, b = tables["workers"], tables["device"]
+    assert a.column("image").to_pylist() == b.column("image").to_pylist() and a.num_rows == 8
+    for name in a.column_names[2:]:
+        assert np.allclose(a.column(name).to_numpy(), b.column(name).to_numpy(), atol=1e-3)
+    assert run_cli(["predict", trained, folder, "--out", tmp_path / "x.csv", "--decode", "gpu"]) == 2
+    assert "--decode 'gpu': expected workers or device" in capsys.readouterr().err
+
+
+def test_device_decodable_only_complete_rgb_jpegs(tmp_path):
+    import io
+
+    from mlpl.stages.pixels import device_decodable
+    from PIL import Image
+
+    def encoded(mode: str, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new(mode, (16, 12), 90).save(buf, format=fmt)
+        return buf.getvalue()
+
+    jpeg = encoded("RGB", "JPEG")
+    assert device_decodable(jpeg) and device_decodable(encoded("L", "JPEG"))
+    assert not device_decodable(jpeg[:-10])  # cut short
+    assert not device_decodable(encoded("CMYK", "JPEG"))  # colour conversion only PIL makes
+    assert not device_decodable(encoded("RGB", "PNG"))
+
+
 def test_val_f1_thresholds_are_recorded_and_exported(trained, pictures, tmp_path):
     out = tmp_path / "pred.parquet"
     assert run_cli(["predict", trained, pictures / "img0.png", "--out", out, "--thresholds", "val-f1"]) == 0

@@ -3,6 +3,8 @@ uint8 batches with the PIL path's pixels and flips, normalised on the device."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,68 @@ def test_model_input_flips_and_normalises_with_the_given_statistics():
     expected = (image.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     torch.testing.assert_close(x[0], expected[0])
     torch.testing.assert_close(x[1], expected[1].flip(-1))
+
+
+@pytest.fixture(scope="module")
+def jpeg_world(tmp_path_factory) -> Path:
+    """A prepared dataset of 40 JPEGs of different sizes (manifest), 4 shards of train rows."""
+    import io
+
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    root = Path(tmp_path_factory.mktemp("jpegs"))
+    (root / "images").mkdir()
+    rng = np.random.RandomState(0)
+    lines = ["image,split,labels"]
+    for i in range(40):
+        h, w = 40 + 7 * (i % 5), 56 - 3 * (i % 4)
+        coarse = Image.fromarray(rng.randint(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)).resize((w, h))
+        buf = io.BytesIO()
+        coarse.save(buf, format="JPEG", quality=90)
+        (root / "images" / f"{i:03d}.jpg").write_bytes(buf.getvalue())
+        lines.append(f"{i:03d}.jpg,{'val' if i % 5 == 0 else 'train'},{'a|b' if i % 2 else 'c'}")
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    assert run_cli(["prepare", "--dataset", "manifest", "--manifest", root / "m.csv", "--images", root / "images",
+                    "--out", root / "data", "--rows-per-shard", "8", "--family", "coco", "--regime", "spml"]) == 0
+    return root / "data"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_device_decoding_gives_the_workers_batches_within_one_unit(jpeg_world, workers):
+    """`decode='device'`: the JPEGs travel as bytes and are decoded in the main process (here on the CPU, as on a
+    GPU); rows, order, labels and flips are the workers' path's, pixels within one uint8 unit."""
+    from dataclasses import replace
+
+    ds = open_dataset(jpeg_world)
+    obs = ds.observations("spml").matrix(3)
+    cfg = StreamCfg(image_size=24, batch_size=8, workers=workers, shuffle_buffer=10)
+    on_device = replace(cfg, decode="device", device="cpu")
+    for make in (lambda c: train_loader(ds, obs, c, epoch=0, seed=3), lambda c: eval_loader(ds, "val", c)):
+        ref, got = list(make(cfg)), list(make(on_device))
+        assert len(ref) == len(got) > 0
+        for a, b in zip(ref, got, strict=True):
+            assert set(a) == set(b)  # the bytes' fields are gone once decoded
+            for key in a:
+                if key != "image":
+                    assert torch.equal(a[key], b[key]), key
+            diff = (a["image"].int() - b["image"].int()).abs()
+            assert diff.max() <= 1 and diff.float().mean() < 0.5
+
+
+def test_a_jpeg_that_does_not_decode_on_the_device_is_dropped_and_counted():
+    import io
+
+    from mlpl.stages.train.stream import collate, decode_on_device
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), 120, np.uint8)).save(buf, format="JPEG")
+    good = buf.getvalue()
+    samples = [{"row": r, "full": np.zeros(2, np.int8), "flip": False, "jpeg": data}
+               for r, data in ((5, good), (6, good[: len(good) // 2]), (7, good))]
+    part = decode_on_device(collate(samples), torch.device("cpu"), 16, "bilinear")
+    assert part["ok"].tolist() == [True, False, True]
+    assert part["image"].shape == (3, 3, 16, 16) and "jpeg" not in part
+    assert int(part["image"][0].float().mean().round()) == 120

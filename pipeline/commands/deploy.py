@@ -32,6 +32,9 @@ def predict(
     dataset: Annotated[Path | None, typer.Option(
         help="With --thresholds val-f1: the run's prepared dataset, where it moved.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda (default: cpu).")] = None,
+    decode: Annotated[str, typer.Option(
+        help="Where JPEGs are decoded: workers (CPU) or device (nvJPEG on the GPU; pixels within a few units).")
+    ] = "workers",
 ) -> None:
     """Predict labels of new images with a run's best weights."""
     from mlpl.stages.deploy.inputs import collect_images
@@ -50,6 +53,8 @@ def predict(
         raise InputError(f"--top-k {top_k}: expected at least 1")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: expected at least 1")
+    if decode not in ("workers", "device"):
+        raise InputError(f"--decode {decode!r}: expected workers or device")
     paths = collect_images(inputs, images)
     loaded = load_run(run, device or "cpu", dataset)
     if thresholds == VAL_F1:
@@ -59,7 +64,7 @@ def predict(
                    f"{run / 'thresholds.json'}")
     with progress_bar() as bar:
         pred = predict_files(loaded, paths, batch_size=batch_size, workers=workers, threshold=threshold,
-                             top_k=top_k, progress=bar)
+                             top_k=top_k, progress=bar, decode=decode)
     meta = {"run": str(Path(run).resolve()), "classes": list(loaded.classes), "thresholds": pred.thresholds,
             "threshold_rule": "--threshold" if threshold is not None else loaded.meta.threshold_rule, "top_k": top_k,
             "unreadable": [p for p, _ in pred.unreadable]}

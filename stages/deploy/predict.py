@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.deploy.model import LoadedRun, Predictions, load_pixels
+from mlpl.stages.pixels import decode_jpegs, device_decodable, pack_bytes, unpack_bytes
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +37,68 @@ def check_output(path: Path) -> str:
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Image i → (i, uint8 [3, S, S], "") or (i, empty, reason) when it cannot be read."""
+    """Image i → (i, uint8 [3, S, S], "") or (i, empty, reason) when it cannot be read; with `jpeg_bytes`, a
+    JPEG the device can decode comes as (i, its bytes, JPEG) instead, for `decode_jpegs` in the main process."""
 
-    def __init__(self, paths: list[Path], size: int, interpolation: str) -> None:
-        self.paths, self.size, self.interpolation = paths, size, interpolation
+    def __init__(self, paths: list[Path], size: int, interpolation: str, jpeg_bytes: bool = False) -> None:
+        self.paths, self.size, self.interpolation, self.jpeg_bytes = paths, size, interpolation, jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | bytes, str]:
         from mlpl.schemas.images import DECODE_ERRORS
 
         try:
-            return i, load_pixels(self.paths[i].read_bytes(), self.size, self.interpolation), ""
+            data = self.paths[i].read_bytes()
+            if self.jpeg_bytes and device_decodable(data):
+                return i, data, JPEG
+            return i, load_pixels(data, self.size, self.interpolation), ""
         except (*DECODE_ERRORS, KeyError) as e:  # OSError covers a missing or unreadable file
             return i, torch.empty(0, dtype=torch.uint8), f"{e.__class__.__name__}: {e}"
 
 
-def collate_readable(items: list[tuple[int, torch.Tensor, str]]) -> dict[str, Any]:
+JPEG = "jpeg"  # the reason field of an image that travels as bytes
+
+
+def collate_readable(items: list[tuple[int, torch.Tensor | bytes, str]]) -> dict[str, Any]:
     good = [(i, x) for i, x, err in items if not err]
-    return {"index": torch.tensor([i for i, _ in good], dtype=torch.long),
-            "images": torch.stack([x for _, x in good]) if good else torch.empty(0, dtype=torch.uint8),
-            "errors": [(i, err) for i, _, err in items if err]}
+    jpegs = [(i, x) for i, x, err in items if err == JPEG]
+    out = {"index": torch.tensor([i for i, _ in good], dtype=torch.long),
+           "images": torch.stack([x for _, x in good]) if good else torch.empty(0, dtype=torch.uint8),
+           "errors": [(i, err) for i, _, err in items if err and err != JPEG]}
+    if jpegs:
+        out["jpeg_index"] = torch.tensor([i for i, _ in jpegs], dtype=torch.long)
+        out["jpeg"], out["jpeg_offsets"] = pack_bytes([x for _, x in jpegs])
+    return out
+
+
+def _decode_jpegs_of(batch: dict[str, Any], loaded: LoadedRun) -> None:
+    """In place: the batch's JPEG bytes decoded on the run's device and joined to its images (or its errors)."""
+    decoded = decode_jpegs(unpack_bytes(batch.pop("jpeg"), batch.pop("jpeg_offsets")), loaded.device,
+                           loaded.meta.image_size, loaded.meta.interpolation)
+    index = batch.pop("jpeg_index").tolist()
+    good = [(i, x) for i, x in zip(index, decoded) if x is not None]
+    batch["errors"] += [(i, f"not a decodable image on {loaded.device}") for i, x in zip(index, decoded) if x is None]
+    if good:
+        images = [batch["images"].to(loaded.device)] if len(batch["index"]) else []
+        batch["images"] = torch.cat([*images, torch.stack([x for _, x in good])])
+        batch["index"] = torch.cat([batch["index"], torch.tensor([i for i, _ in good], dtype=torch.long)])
 
 
 def predict_files(loaded: LoadedRun, paths: list[Path], *, batch_size: int = 32, workers: int | None = None,
                   threshold: float | None = None, top_k: int | None = None,
-                  progress: ProgressFn | None = None) -> Predictions:
-    """Probabilities of every readable image of `paths` (in order); the others are listed with the reason."""
+                  progress: ProgressFn | None = None, decode: str = "workers") -> Predictions:
+    """Probabilities of every readable image of `paths` (in order); the others are listed with the reason.
+
+    decode: 'workers' (the DataLoader workers decode and resize) or 'device' (JPEGs are decoded and resized on
+    the run's device, nvJPEG on a GPU; other formats stay with the workers).
+    """
+    if decode not in ("workers", "device"):
+        raise InputError(f"--decode: expected workers or device, got {decode!r}")
     if workers is None:
         workers = max(1, min(4, (os.cpu_count() or 1) - 1))
-    data = ImageFiles(paths, loaded.meta.image_size, loaded.meta.interpolation)
+    data = ImageFiles(paths, loaded.meta.image_size, loaded.meta.interpolation, jpeg_bytes=decode == "device")
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=workers,
                                          collate_fn=collate_readable, prefetch_factor=4 if workers else None)
     probs = np.zeros((len(paths), len(loaded.classes)), dtype=np.float32)
@@ -74,6 +106,8 @@ def predict_files(loaded: LoadedRun, paths: list[Path], *, batch_size: int = 32,
     unreadable: list[tuple[str, str]] = []
     done = 0
     for batch in loader:
+        if "jpeg" in batch:
+            _decode_jpegs_of(batch, loaded)
         if len(batch["index"]):
             probs[batch["index"].numpy()] = loaded.probabilities(batch["images"])
             ok[batch["index"].numpy()] = True

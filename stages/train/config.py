@@ -11,6 +11,7 @@ from mlpl.stages.train.datacfg import DataCfg
 
 EarlyStop = Literal["gr", "em", "ll", "none"]
 PseudoMode = Literal["dynamic", "fixed", "accumulated"]
+Decode = Literal["workers", "device"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class TrainCfg:
     threshold: float = 0.5
     early_stop: EarlyStop = "none"  # docs/methods.md §1.6
     workers: int | str = "auto"  # DataLoader workers; 'auto': this process's cores minus one
+    decode: Decode = "workers"  # where JPEGs are decoded: in the workers, or on the training device (nvJPEG)
     seed: int = 0
     device: str = "auto"
     max_batches: int = 0  # > 0: stop each epoch after this many batches (smoke runs)

@@ -101,7 +101,7 @@ class Trainer:
         self.quality = PseudoLabelQuality(self.n_train, self.ds.meta.num_classes)
         self.data = cfg.data_cfg()  # the backbone's input config: the one place size, mean and std come from
         self.stream = StreamCfg.of(self.data, batch_size=cfg.batch_size, workers=self.workers,
-                                   pin_memory=self.device.type == "cuda")
+                                   pin_memory=self.device.type == "cuda", decode=cfg.decode, device=str(self.device))
 
     def _open(self, kind: str, path: str, opener: Callable[[Path], Any]) -> Any:
         key = (kind, str(Path(path).resolve()))

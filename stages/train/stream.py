@@ -21,10 +21,11 @@ times the bytes and, on the CPU, more time than decoding it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,15 @@ from mlpl.schemas.dataset import PreparedDataset
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.shards import ShardCheck, check_shards_exist, raise_shard_error
 from mlpl.schemas.store import SeedChunks, open_store
-from mlpl.stages.pixels import decode_uint8, normalize_uint8, resize_uint8
+from mlpl.stages.pixels import (
+    decode_jpegs,
+    decode_uint8,
+    device_decodable,
+    normalize_uint8,
+    pack_bytes,
+    resize_uint8,
+    unpack_bytes,
+)
 from mlpl.stages.runtime import IMAGENET_MEAN, IMAGENET_STD
 from mlpl.stages.train.datacfg import DataCfg
 
@@ -56,6 +65,17 @@ class StreamCfg:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     pin_memory: bool = False  # page-locked batches, for an asynchronous copy to a GPU
+    # 'workers': DataLoader workers decode and resize; 'device': they ship JPEG bytes, which the main process
+    # decodes and resizes on the training device (nvJPEG on a GPU; other formats stay with the workers)
+    decode: str = "workers"
+    device: str = "cpu"  # where `decode == 'device'` decodes (the training device)
+
+    def device_decoder(self) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None:
+        """What turns a batch's JPEG bytes into images on the device (None: the workers decode)."""
+        if self.decode != "device":
+            return None
+        return functools.partial(decode_on_device, device=torch.device(self.device), size=self.image_size,
+                                 interpolation=self.interpolation)
 
     @classmethod
     def of(cls, data: DataCfg, **settings: Any) -> StreamCfg:
@@ -114,13 +134,20 @@ class OwnedByRank:
 class DecodeImage:
     """Decode and resize (plain, no aspect preservation) to uint8 [3, S, S]; draw the flip with a per-row coin."""
 
-    def __init__(self, image_size: int, flip: bool, seed: int, interpolation: str = "bilinear") -> None:
+    def __init__(self, image_size: int, flip: bool, seed: int, interpolation: str = "bilinear",
+                 on_device: bool = False) -> None:
         self.image_size, self.flip, self.seed, self.interpolation = image_size, flip, seed, interpolation
+        self.on_device = on_device  # JPEGs travel as bytes, for `decode_on_device` in the main process
 
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         from mlpl.schemas.images import DECODE_ERRORS
 
         for sample in src:
+            if self.on_device and device_decodable(sample["bytes"]):
+                sample["jpeg"] = sample.pop("bytes")
+                sample["flip"] = self.flip and bool(np.random.default_rng([self.seed, sample["row"]]).random() < 0.5)
+                yield sample
+                continue
             try:
                 image = decode_uint8(sample.pop("bytes"))
             except DECODE_ERRORS as e:  # a corrupt image is skipped and counted (EpochLoader), never fatal
@@ -135,13 +162,18 @@ class DecodeImage:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """One batch; images uint8 [B, 3, S, S] (channels-last), made in shared memory inside a worker."""
-    first = samples[0]["image"]
-    images = torch.empty((len(samples), first.shape[1], first.shape[2], first.shape[0]), dtype=torch.uint8)
-    if torch.utils.data.get_worker_info() is not None:
+    """One batch; images uint8 [B, 3, S, S] (channels-last), made in shared memory inside a worker. Rows
+    whose JPEG travels undecoded (`DecodeImage(on_device=True)`) leave their image empty and add `jpeg` (the
+    files end to end, one tensor), `jpeg_offsets` [n + 1] and `jpeg_index` [n] (their places in the batch)."""
+    side = next((s["image"].shape[-1] for s in samples if "image" in s), None)
+    jpegs = [i for i, s in enumerate(samples) if "jpeg" in s]
+    shared = torch.utils.data.get_worker_info() is not None
+    images = torch.zeros((len(samples), side, side, 3) if side else (len(samples), 1, 1, 3), dtype=torch.uint8)
+    if shared:
         images.share_memory_()  # handing the batch to the main process then copies nothing
     for i, sample in enumerate(samples):
-        images[i].copy_(sample["image"].permute(1, 2, 0))
+        if "image" in sample:
+            images[i].copy_(sample["image"].permute(1, 2, 0))
     out = {
         "image": images.permute(0, 3, 1, 2),
         "flip": torch.tensor([s["flip"] for s in samples], dtype=torch.bool),
@@ -153,7 +185,30 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         out["observed"] = torch.from_numpy(np.stack([s["observed"] for s in samples]))
     if "sims" in samples[0]:
         out["sims"] = torch.from_numpy(np.stack([s["sims"] for s in samples]).astype(np.float32))
+    if jpegs:
+        out["jpeg"], out["jpeg_offsets"] = pack_bytes([samples[i]["jpeg"] for i in jpegs])
+        out["jpeg_index"] = torch.tensor(jpegs, dtype=torch.long)
     return out
+
+
+def decode_on_device(part: dict[str, torch.Tensor], device: torch.device, size: int,
+                     interpolation: str) -> dict[str, torch.Tensor]:
+    """A batch whose JPEGs travelled as bytes, with every image decoded: `image` on `device`, uint8
+    [B, 3, size, size]; a JPEG that does not decode turns its row's `ok` off (dropped and counted, as in the
+    workers)."""
+    datas, index = unpack_bytes(part.pop("jpeg"), part.pop("jpeg_offsets")), part.pop("jpeg_index")
+    images = part["image"]
+    if images.shape[-1] != size:  # every row of the batch travelled as bytes
+        images = torch.zeros((len(images), 3, size, size), dtype=torch.uint8)
+    images = images.to(device, non_blocking=True)
+    ok = part["ok"].clone()
+    for i, image in zip(index.tolist(), decode_jpegs(datas, device, size, interpolation)):
+        if image is None:
+            log.warning("row %d: image could not be decoded on %s; skipped", int(part["row"][i]), device)
+            ok[i] = False
+        else:
+            images[i] = image
+    return {**part, "image": images, "ok": ok}
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -248,8 +303,9 @@ class EpochLoader:
     """
 
     def __init__(self, pipeline: Any, workers: int, batch_size: int, num_samples: int, drop_last: bool,
-                 pin_memory: bool = False, pad: bool = False) -> None:
-        self.pipeline, self.workers, self.batch_size = pipeline, workers, batch_size
+                 pin_memory: bool = False, pad: bool = False,
+                 decoder: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
+        self.pipeline, self.workers, self.batch_size, self.decoder = pipeline, workers, batch_size, decoder
         self.num_samples, self.drop_last, self.pin_memory, self.pad = num_samples, drop_last, pin_memory, pad
         self.undecodable = 0  # rows of the last pass whose image could not be decoded (skipped)
 
@@ -268,6 +324,8 @@ class EpochLoader:
         count, yielded, first = 0, 0, None
         self.undecodable = 0
         for part in loader:
+            if "jpeg" in part:  # JPEGs that travelled as bytes (StreamCfg.decode == 'device')
+                part = self.decoder(part)
             take = min(len(part["row"]), self.num_samples - count)
             if take <= 0:
                 break
@@ -277,7 +335,7 @@ class EpochLoader:
             ok = part.pop("ok")
             if not bool(ok.all()):  # undecodable rows are counted, never replaced by another sample
                 self.undecodable += int((~ok).sum())
-                part = {k: v[ok] for k, v in part.items()}
+                part = {k: v[ok.to(v.device)] for k, v in part.items()}
                 if not len(part["row"]):
                     continue
             if first is None:
@@ -335,11 +393,11 @@ def train_loader(
         num = math.ceil(n / world)
     sims = open_store(Path(store_path)).seed_chunks(store_seed_index) if store_path else None
     join = JoinRows(full, observed, start, sims)
-    decode = DecodeImage(cfg.image_size, cfg.flip, epoch_seed, cfg.interpolation)
+    decode = DecodeImage(cfg.image_size, cfg.flip, epoch_seed, cfg.interpolation, on_device=cfg.decode == "device")
     pipe = _make_pipeline(_shards(ds, "train"), join, OwnedByRank(owner, rank, start), decode, cfg.shuffle_buffer,
                           epoch_seed)
     return EpochLoader(pipe, cfg.workers, cfg.batch_size, num, drop_last=False, pin_memory=cfg.pin_memory,
-                       pad=world > 1)
+                       pad=world > 1, decoder=cfg.device_decoder())
 
 
 def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg, rank: int = 0, world: int = 1) -> EpochLoader:
@@ -348,9 +406,10 @@ def eval_loader(ds: PreparedDataset, split: str, cfg: StreamCfg, rank: int = 0, 
     start, stop = ds.meta.split_range(split)
     full = ds.labels.matrix(np.arange(start, stop))
     join = JoinRows(full, None, start, None)
-    decode = DecodeImage(cfg.image_size, False, 0, cfg.interpolation)
+    decode = DecodeImage(cfg.image_size, False, 0, cfg.interpolation, on_device=cfg.decode == "device")
     owner = np.arange(stop - start) % world if world > 1 else None
     num = len(range(rank, stop - start, world))
     pipe = _make_pipeline(_shards(ds, split), join, OwnedByRank(owner, rank, start), decode, 0, 0)
     # several workers interleave their row ranges; evaluation reorders by row
-    return EpochLoader(pipe, cfg.workers, cfg.batch_size, num, drop_last=False, pin_memory=cfg.pin_memory)
+    return EpochLoader(pipe, cfg.workers, cfg.batch_size, num, drop_last=False, pin_memory=cfg.pin_memory,
+                       decoder=cfg.device_decoder())
