@@ -19,7 +19,10 @@ symmetric, so that axis is mirrored, cut from the other end, and mirrored back.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -213,3 +216,71 @@ def normalize_uint8(images: torch.Tensor, mean: tuple[float, ...], std: tuple[fl
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=images.device).view(shape)
     shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=dtype, device=images.device).view(shape)
     return x.mul_(scale).sub_(shift)
+
+
+_END = object()
+
+
+def decoded_ahead(batches: Iterable[dict[str, torch.Tensor]],
+                  decoder: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+                  depth: int = 2) -> Iterator[dict[str, torch.Tensor]]:
+    """`batches` with their JPEG bytes decoded by `decoder`, up to `depth` batches ahead, in a thread: on a GPU
+    the decoding (its own CUDA stream) overlaps the training step instead of adding to it.
+
+    The consumer's stream waits for each batch's decoding before using it; an error in the thread is raised
+    here; closing the generator stops the thread (and with it the DataLoader it reads).
+    """
+    import queue
+    import threading
+
+    cuda = torch.cuda.is_available()
+    side = torch.cuda.Stream() if cuda else None
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for part in batches:
+                    if "jpeg" in part:
+                        part = decoder(part)
+                    event = None
+                    if side is not None:
+                        event = torch.cuda.Event()
+                        event.record(side)
+                    if not put((part, event)):
+                        return
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+            return
+        put(_END)
+
+    thread = threading.Thread(target=work, name="decode-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            part, event = item
+            if event is not None:
+                current = torch.cuda.current_stream()
+                current.wait_event(event)
+                for value in part.values():
+                    if isinstance(value, torch.Tensor) and value.is_cuda:
+                        value.record_stream(current)  # its memory is not reused before this stream is done
+            yield part
+    finally:
+        stop.set()
+        thread.join()

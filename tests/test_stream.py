@@ -216,3 +216,27 @@ def test_a_jpeg_that_does_not_decode_on_the_device_is_dropped_and_counted():
     assert part["ok"].tolist() == [True, False, True]
     assert part["image"].shape == (3, 3, 16, 16) and "jpeg" not in part
     assert int(part["image"][0].float().mean().round()) == 120
+
+
+def test_decoding_ahead_keeps_order_raises_errors_and_stops_when_closed():
+    import threading
+
+    from mlpl.stages.pixels import decoded_ahead
+
+    parts = [{"row": torch.tensor([i]), "jpeg": torch.tensor([i])} for i in range(6)]
+
+    def decoder(part):
+        return {"row": part["row"], "image": part["jpeg"] * 10}
+
+    got = list(decoded_ahead(iter(parts), decoder))
+    assert [int(p["image"]) for p in got] == [0, 10, 20, 30, 40, 50] and "jpeg" not in got[0]
+
+    def failing(part):
+        raise ValueError("decoder failed")
+
+    with pytest.raises(ValueError, match="decoder failed"):
+        list(decoded_ahead(iter(parts), failing))
+    stream = decoded_ahead(iter(parts), decoder, depth=1)
+    assert int(next(stream)["image"]) == 0
+    stream.close()  # the thread stops; nothing is left running
+    assert not [t for t in threading.enumerate() if t.name == "decode-ahead"]

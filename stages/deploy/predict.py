@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.stages.deploy.model import LoadedRun, Predictions, load_pixels
-from mlpl.stages.pixels import decode_jpegs, device_decodable, pack_bytes, unpack_bytes
+from mlpl.stages.pixels import decode_jpegs, decoded_ahead, device_decodable, pack_bytes, unpack_bytes
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def collate_readable(items: list[tuple[int, torch.Tensor | bytes, str]]) -> dict
     return out
 
 
-def _decode_jpegs_of(batch: dict[str, Any], loaded: LoadedRun) -> None:
-    """In place: the batch's JPEG bytes decoded on the run's device and joined to its images (or its errors)."""
+def _decode_jpegs_of(batch: dict[str, Any], loaded: LoadedRun) -> dict[str, Any]:
+    """The batch with its JPEG bytes decoded on the run's device and joined to its images (or its errors)."""
     decoded = decode_jpegs(unpack_bytes(batch.pop("jpeg"), batch.pop("jpeg_offsets")), loaded.device,
                            loaded.meta.image_size, loaded.meta.interpolation)
     index = batch.pop("jpeg_index").tolist()
@@ -84,6 +84,7 @@ def _decode_jpegs_of(batch: dict[str, Any], loaded: LoadedRun) -> None:
         images = [batch["images"].to(loaded.device)] if len(batch["index"]) else []
         batch["images"] = torch.cat([*images, torch.stack([x for _, x in good])])
         batch["index"] = torch.cat([batch["index"], torch.tensor([i for i, _ in good], dtype=torch.long)])
+    return batch
 
 
 def predict_files(loaded: LoadedRun, paths: list[Path], *, batch_size: int = 32, workers: int | None = None,
@@ -105,9 +106,8 @@ def predict_files(loaded: LoadedRun, paths: list[Path], *, batch_size: int = 32,
     ok = np.zeros(len(paths), dtype=bool)
     unreadable: list[tuple[str, str]] = []
     done = 0
-    for batch in loader:
-        if "jpeg" in batch:
-            _decode_jpegs_of(batch, loaded)
+    batches = iter(loader) if decode == "workers" else decoded_ahead(loader, lambda b: _decode_jpegs_of(b, loaded))
+    for batch in batches:
         if len(batch["index"]):
             probs[batch["index"].numpy()] = loaded.probabilities(batch["images"])
             ok[batch["index"].numpy()] = True

@@ -39,6 +39,7 @@ from mlpl.schemas.store import SeedChunks, open_store
 from mlpl.stages.pixels import (
     decode_jpegs,
     decode_uint8,
+    decoded_ahead,
     device_decodable,
     normalize_uint8,
     pack_bytes,
@@ -323,9 +324,8 @@ class EpochLoader:
         )
         count, yielded, first = 0, 0, None
         self.undecodable = 0
-        for part in loader:
-            if "jpeg" in part:  # JPEGs that travelled as bytes (StreamCfg.decode == 'device')
-                part = self.decoder(part)
+        parts = iter(loader) if self.decoder is None else decoded_ahead(loader, self.decoder)
+        for part in parts:
             take = min(len(part["row"]), self.num_samples - count)
             if take <= 0:
                 break
