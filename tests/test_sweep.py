@@ -129,6 +129,25 @@ def test_train_refuses_another_configuration_without_touching_the_folder(swept, 
     assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
 
 
+def test_a_record_from_before_a_setting_existed_is_the_same_run_at_its_default(swept, digits_small, tmp_path,
+                                                                                capsys):
+    """A run folder written before `decode` existed: rerunning it reports it; asking for another value is refused."""
+    import shutil
+    import tomllib
+
+    run = tmp_path / "old"
+    shutil.copytree(swept / "an-seed0", run)
+    text = (run / "config.toml").read_text()
+    assert 'decode = "workers"' in text
+    (run / "config.toml").write_text(text.replace('decode = "workers"\n', ""))
+    assert "decode" not in tomllib.loads((run / "config.toml").read_text())
+    assert run_cli(["train", "--dataset", digits_small, "--method", "an", "--out", run, *TINY]) == 0
+    assert "an on digits: best epoch" in capsys.readouterr().out
+    assert run_cli(["train", "--dataset", digits_small, "--method", "an", "--out", run, "--decode", "device",
+                    *TINY]) == 2
+    assert "decode (None → 'device')" in capsys.readouterr().err
+
+
 def test_train_reports_a_finished_run(swept, digits_small, store, capsys):
     run = swept / "aevlp-seed1"
     before = (run / "metrics.jsonl").read_bytes()

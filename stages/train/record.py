@@ -100,10 +100,19 @@ def build_record(cfg: Any, parts: dict[str, Any], dataset_meta: Any, store_attrs
 
 
 def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Keys (dotted) whose values differ between two records as TOML stores them, provenance and loggers aside."""
+    """Keys (dotted) whose values differ between two records as TOML stores them, provenance and loggers aside.
+
+    A training setting added after `old` was written is absent from it: it differs only when `new` holds
+    another value than the setting's default (which is what the older run used)."""
+    from mlpl.stages.train.config import TrainCfg
+
+    defaults = flatten(tomllib.loads(run_schema.dump_toml(
+        {f.name: _plain(f.default) for f in dataclasses.fields(TrainCfg)
+         if f.default is not dataclasses.MISSING and f.default is not None})))
     a = flatten(tomllib.loads(run_schema.dump_toml(old)))
     b = flatten(tomllib.loads(run_schema.dump_toml(new)))
-    return sorted(k for k in set(a) | set(b) if k not in UNCOMPARED_KEYS and a.get(k) != b.get(k))
+    return sorted(k for k in set(a) | set(b) if k not in UNCOMPARED_KEYS and a.get(k) != b.get(k)
+                  and not (k not in a and k in defaults and b.get(k) == defaults[k]))
 
 
 def check_folder(out: Path, record: dict[str, Any]) -> bool:
