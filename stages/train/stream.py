@@ -16,7 +16,9 @@ the shards that hold it, stopping at its end), so every worker asked for works w
 Workers ship uint8 [B, 3, H, W] batches (decoded with libjpeg-turbo, resized with torch's uint8 kernels,
 `mlpl.stages.pixels`) with each row's flip coin; `model_input` flips, converts and normalises them with the
 backbone's mean/std on the training device (pinned batches when it is a GPU): a float image costs four
-times the bytes and, on the CPU, more time than decoding it.
+times the bytes and, on the CPU, more time than decoding it. With `StreamCfg.decode == 'device'` the workers
+ship JPEG bytes instead, and the main process decodes and resizes them on the device (`decode_on_device`,
+nvJPEG on a GPU, running ahead of the step in a thread).
 """
 
 from __future__ import annotations
@@ -140,13 +142,17 @@ class DecodeImage:
         self.image_size, self.flip, self.seed, self.interpolation = image_size, flip, seed, interpolation
         self.on_device = on_device  # JPEGs travel as bytes, for `decode_on_device` in the main process
 
+    def flip_of(self, row: int) -> bool:
+        """The row's flip coin for this epoch (seeded by the epoch's seed and the row)."""
+        return self.flip and bool(np.random.default_rng([self.seed, row]).random() < 0.5)
+
     def __call__(self, src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         from mlpl.schemas.images import DECODE_ERRORS
 
         for sample in src:
             if self.on_device and device_decodable(sample["bytes"]):
                 sample["jpeg"] = sample.pop("bytes")
-                sample["flip"] = self.flip and bool(np.random.default_rng([self.seed, sample["row"]]).random() < 0.5)
+                sample["flip"] = self.flip_of(sample["row"])
                 yield sample
                 continue
             try:
@@ -158,7 +164,7 @@ class DecodeImage:
                 yield sample
                 continue
             sample["image"] = resize_uint8(image, self.image_size, self.interpolation)
-            sample["flip"] = self.flip and bool(np.random.default_rng([self.seed, sample["row"]]).random() < 0.5)
+            sample["flip"] = self.flip_of(sample["row"])
             yield sample
 
 
