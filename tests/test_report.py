@@ -94,6 +94,22 @@ def test_plots_png_and_svg(runs, tmp_path):
         assert (plots / f"{name}.svg").read_text().startswith("<?xml")
 
 
+def test_many_groups_wrap_their_panels_and_put_the_legend_beside_the_axes(tmp_path):
+    """29 methods (the digits Table 1): probability panels 6 a row; the validation legend in two columns beside
+    the axes. Figure sizes in pixels follow from the layout rule (110 dpi)."""
+    import numpy as np
+    from mlpl.stages.evaluate.plots import plot_probability_distributions
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    results = {f"m{i}": (rng.random((20, 3)), rng.random((20, 3)) < 0.3) for i in range(13)}
+    png = next(p for p in plot_probability_distributions(results, tmp_path / "probs") if p.suffix == ".png")
+    assert Image.open(png).size == (round(6 * 3.2 * 110), round(3 * 2.8 * 110))  # 13 panels: 3 rows of 6
+    few = {k: results[k] for k in ("m0", "m1")}
+    png = next(p for p in plot_probability_distributions(few, tmp_path / "few") if p.suffix == ".png")
+    assert Image.open(png).size == (round(2 * 3.2 * 110), round(2.8 * 110))
+
+
 def test_metric_against_swept_parameter(tmp_path):
     import numpy as np
 

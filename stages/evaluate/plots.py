@@ -61,32 +61,63 @@ def _per_epoch(runs: list[RunRecord], split: str, key: str) -> tuple[np.ndarray,
     return epochs, np.array([np.mean(by_epoch[e]) for e in epochs])
 
 
+LEGEND_INSIDE = 8
+"""Up to this many lines, the legend sits inside the axes; beyond, beside them (the figure widens for it)."""
+PANELS_PER_ROW = 6
+
+
+def _style(index: int) -> dict[str, Any]:
+    """Line style of the index-th group: ten colours, then the same colours with another dash and marker."""
+    return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[index // 10 % 4],
+            "marker": ("o", "s", "^", "D")[index // 10 % 4], "markersize": 3}
+
+
+def _new_axes(lines: int, size: tuple[float, float] = (5.0, 3.4)) -> tuple[Any, Any]:
+    """A figure with one axes, wide enough for a legend of `lines` entries beside it when they are many."""
+    columns = 1 if lines <= 24 else 2
+    width = size[0] + (2.6 * columns if lines > LEGEND_INSIDE else 0.0)
+    height = max(size[1], 0.16 * lines / columns + 0.8) if lines > LEGEND_INSIDE else size[1]
+    return _pyplot().subplots(figsize=(width, height))
+
+
+def _legend(ax: Any, lines: int, **kwargs: Any) -> None:
+    if lines > LEGEND_INSIDE:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 if lines <= 24 else 2,
+                  borderaxespad=0.0, **kwargs)
+    else:
+        ax.legend(fontsize=7, **kwargs)
+
+
 def plot_val_curves(groups: dict[str, list[RunRecord]], stem: Path) -> list[Path]:
     """Validation mAP per epoch, one line per group (mean over its runs)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for label, runs in groups.items():
+    fig, ax = _new_axes(len(groups))
+    for index, (label, runs) in enumerate(groups.items()):
         epochs, values = _per_epoch(runs, "val", "map")
-        ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        ax.plot(epochs, values, label=label, **_style(index))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation mAP")
-    ax.legend(fontsize=7)
+    _legend(ax, len(groups))
     fig.tight_layout()
     return _save(fig, stem)
 
 
 def plot_probability_distributions(results: dict[str, tuple[np.ndarray, np.ndarray]], stem: Path) -> list[Path]:
-    """Histograms of predicted probabilities of positive and negative cells, one panel per group
-    (AEVLP Fig. 2). `results[label] = (probs [n, C], full labels [n, C])`."""
+    """Histograms of predicted probabilities of positive and negative cells, one panel per group, at most
+    `PANELS_PER_ROW` panels a row (AEVLP Fig. 2). `results[label] = (probs [n, C], full labels [n, C])`."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 2.8), squeeze=False)
+    columns = min(len(results), PANELS_PER_ROW)
+    rows = -(-len(results) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
     bins = np.linspace(0, 1, 26)
-    for ax, (name, (probs, full)) in zip(axes[0], results.items()):
+    for ax, (name, (probs, full)) in zip(axes.flat, results.items()):
         ax.hist(probs[full == 0], bins=bins, alpha=0.6, density=True, label="negatives")
         ax.hist(probs[full == 1], bins=bins, alpha=0.6, density=True, label="positives")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("predicted probability")
-    axes[0][0].set_ylabel("density")
+    for ax in axes.flat[len(results):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("density")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, stem)
@@ -95,18 +126,19 @@ def plot_probability_distributions(results: dict[str, tuple[np.ndarray, np.ndarr
 def plot_pseudo_quality(groups: dict[str, list[RunRecord]], stem: Path) -> list[Path]:
     """Pseudo-label precision and recall of positives per epoch (solid) and accumulated (dashed)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    extra = 2.6 if len(groups) > LEGEND_INSIDE else 0.0
+    fig, axes = plt.subplots(1, 2, figsize=(8 + extra, max(3.2, 0.16 * len(groups) + 0.8) if extra else 3.2))
     for index, (label, runs) in enumerate(groups.items()):
-        color = f"C{index % 10}"
+        style = {"color": f"C{index % 10}", "marker": ("o", "s", "^", "D")[index // 10 % 4], "markersize": 3}
         for ax, name in zip(axes, ("precision", "recall")):
             epochs, values = _per_epoch(runs, "train", f"pseudo_{name}")
-            ax.plot(epochs, values, color=color, marker="o", markersize=3, label=label)
+            ax.plot(epochs, values, label=label, **style)
             epochs, values = _per_epoch(runs, "train", f"pseudo_acc_{name}")
-            ax.plot(epochs, values, color=color, linestyle="--")
+            ax.plot(epochs, values, linestyle="--", **{**style, "marker": None})
     for ax, name in zip(axes, ("precision", "recall")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"pseudo-label {name} (%)")
-    axes[0].legend(fontsize=7, title="solid: per epoch, dashed: accumulated", title_fontsize=7)
+    _legend(axes[1], len(groups), title="solid: per epoch, dashed: accumulated", title_fontsize=7)
     fig.tight_layout()
     return _save(fig, stem)
 
@@ -128,10 +160,9 @@ def swept_keys(groups: dict[str, list[RunRecord]]) -> list[str]:
 def plot_metric_vs(groups: dict[str, list[RunRecord]], key: str, metric: str, split: str,
                    stem: Path) -> list[Path]:
     """`metric` (mean ± std over seeds) against the values of `key`, one line per group."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = _new_axes(len(groups))
     categorical = False
-    for label, runs in groups.items():
+    for index, (label, runs) in enumerate(groups.items()):
         by_value: dict[Any, list[float]] = {}
         for run in runs:
             value = metric_value(run, metric, split)
@@ -145,11 +176,11 @@ def plot_metric_vs(groups: dict[str, list[RunRecord]], key: str, metric: str, sp
             xs = sorted(xs)
         means = [np.mean(by_value[x]) for x in xs]
         stds = [np.std(by_value[x], ddof=1) if len(by_value[x]) > 1 else 0.0 for x in xs]
-        ax.errorbar([str(x) for x in xs] if categorical else xs, means, yerr=stds, marker="o", markersize=3,
-                    capsize=3, label=label)
+        ax.errorbar([str(x) for x in xs] if categorical else xs, means, yerr=stds, capsize=3, label=label,
+                    **_style(index))
     ax.set_xlabel(key)
     ax.set_ylabel(f"{split} {METRIC_LABELS.get(metric, metric)}")
-    ax.legend(fontsize=7)
+    _legend(ax, len(groups))
     fig.tight_layout()
     return _save(fig, stem)
 
