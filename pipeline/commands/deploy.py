@@ -39,7 +39,7 @@ def predict(
     """Predict labels of new images with a run's best weights."""
     from mlpl.stages.deploy.inputs import collect_images
     from mlpl.stages.deploy.model import load_run
-    from mlpl.stages.deploy.predict import check_output, predict_files, write_predictions
+    from mlpl.stages.deploy.predict import check_decode, check_output, predict_files, write_predictions
     from mlpl.stages.deploy.thresholds import VAL_F1, val_f1_thresholds
 
     check_output(out)
@@ -53,8 +53,7 @@ def predict(
         raise InputError(f"--top-k {top_k}: expected at least 1")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: expected at least 1")
-    if decode not in ("workers", "device"):
-        raise InputError(f"--decode {decode!r}: expected workers or device")
+    check_decode(decode)
     paths = collect_images(inputs, images)
     loaded = load_run(run, device or "cpu", dataset)
     if thresholds == VAL_F1:

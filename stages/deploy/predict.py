@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,14 @@ def check_output(path: Path) -> str:
     if not Path(path).parent.is_dir():
         raise InputError(f"--out {path}: the folder {Path(path).parent} does not exist")
     return suffix.lstrip(".")
+
+
+def check_decode(decode: str) -> None:
+    """`--decode` is one of the stream's decoding places (`Decode`: workers or device)."""
+    from mlpl.stages.train.config import Decode
+
+    if decode not in typing.get_args(Decode):
+        raise InputError(f"--decode {decode!r}: expected {' or '.join(typing.get_args(Decode))}")
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -95,8 +104,7 @@ def predict_files(loaded: LoadedRun, paths: list[Path], *, batch_size: int = 32,
     decode: 'workers' (the DataLoader workers decode and resize) or 'device' (JPEGs are decoded and resized on
     the run's device, nvJPEG on a GPU; other formats stay with the workers).
     """
-    if decode not in ("workers", "device"):
-        raise InputError(f"--decode: expected workers or device, got {decode!r}")
+    check_decode(decode)
     if workers is None:
         workers = max(1, min(4, (os.cpu_count() or 1) - 1))
     data = ImageFiles(paths, loaded.meta.image_size, loaded.meta.interpolation, jpeg_bytes=decode == "device")
