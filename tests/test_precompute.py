@@ -274,6 +274,36 @@ def test_view_batches_reuse_their_buffers_once_released(dataset):
     assert fourth[2].shape == (6, views.num_views, views.image_size, views.image_size, 3)
 
 
+_CLAIM_WHILE_RELEASED = """
+import threading
+from mlpl.stages.precompute.views import ViewCfg
+from mlpl.stages.precompute.view_stream import ViewStream
+stream = ViewStream([], ViewCfg(grid=1, image_size=8), batch_images=1, workers=0, slots=6)
+stop = threading.Event()
+def release():
+    i = 0
+    while not stop.is_set():
+        stream.release(i % 6)
+        i += 1
+thread = threading.Thread(target=release)
+thread.start()
+try:
+    for _ in range(10_000):
+        stream._buffer(1)
+finally:
+    stop.set()
+    thread.join()
+"""
+
+
+def test_a_worker_claims_buffers_while_the_main_process_releases_them():
+    """The main process releases slots at any moment: a worker looking for a free one must see one state of the
+    shared flags (torch.nonzero over the live shared tensor failed an internal assert, or corrupted the heap)."""
+    done = subprocess.run([sys.executable, "-c", _CLAIM_WHILE_RELEASED], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_dataset_by_name_under_the_data_root(reference, dataset, tmp_path, capsys):
     out = tmp_path / "store"
     code = cli("precompute-clip", "--dataset", dataset.name, "--data-root", str(dataset.parent), "--out", str(out),

@@ -68,7 +68,9 @@ class ViewStream(torch.utils.data.IterableDataset):
     def _buffer(self, rows: int) -> tuple[torch.Tensor, int]:
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
-        free = torch.nonzero(self.released[worker]).flatten()
+        # a private copy: the main process may release a slot while this worker looks, and torch.nonzero's
+        # count-then-fill passes must see one state
+        free = torch.nonzero(self.released[worker].clone()).flatten()
         v, s = self.views.num_views, self.views.image_size
         if len(free) == 0:
             log.debug("worker %d: all %d batch buffers in use; one more allocated", worker, self.slots)
