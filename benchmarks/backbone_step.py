@@ -11,7 +11,6 @@ Measured side by side in one process, the two interleaved over rounds (A B B A .
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from harness import emit
 from mlpl.stages.train.models import create_classifier, param_groups
 
 PAIR = ("resnet50", "timm:resnet50")
@@ -92,9 +92,7 @@ def main() -> None:
     }
     result["ratio_cpu_timm_over_torchvision"] = result["median_cpu_s"][PAIR[1]] / result["median_cpu_s"][PAIR[0]]
     result["ratio_wall_timm_over_torchvision"] = result["median_wall_s"][PAIR[1]] / result["median_wall_s"][PAIR[0]]
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ differences between the paths.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -32,6 +31,7 @@ from mlpl.stages.train.stream import DecodeImage, collate, model_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import legacy_pil  # noqa: E402  (the benchmarks folder is not a package)
+from harness import emit  # noqa: E402
 
 
 class _AsWorker:
@@ -148,10 +148,7 @@ def main() -> None:
         "stage_one_ratio_median": statistics.median(ratio_one), "stage_one_ratios": ratio_one,
         "all_ms_per_image": times, "pixels": pixel_gaps(datas, size, cfg),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

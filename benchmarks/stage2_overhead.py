@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from harness import emit
 from mlpl.config import resolve_train_cfg
 from mlpl.schemas.dataset import DatasetMeta
 from mlpl.stages.train.loop import Trainer
@@ -78,10 +78,7 @@ def main() -> None:
         "store_teacher": trainers["DAMP from store"].store.attrs.teacher.get("model"),
         "config": dataclasses.asdict(modes["DAMP from store"]),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":
