@@ -88,6 +88,9 @@ EXPECTED_POSITIVES: Any = _ExpectedPositives()
 M_FROM_FAMILY: dict[str, dict[str, Any]] = {name: {"m": EXPECTED_POSITIVES} for name in HYPERPARAMETER_FAMILIES}
 """The per-family table of a config whose only per-family field is m (docs/methods.md §1.1)."""
 
+NO_FAMILY_VALUES: dict[str, dict[str, Any]] = {name: {} for name in HYPERPARAMETER_FAMILIES}
+"""The per-family table of a config with no per-family values: every family takes the config's defaults."""
+
 
 def get_family_info(name: str, option: str | None = None) -> FamilyInfo:
     """The family `name`; an unknown one raises `InputError` listing the families (and a close match)."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.families import HYPERPARAMETER_FAMILIES
+from mlpl.stages.families import NO_FAMILY_VALUES
 from mlpl.stages.train.labelstate import (
     LabelState,
     LabelStateContext,
@@ -292,7 +292,7 @@ class CdulState(LabelState):
     description="CDUL: soft pseudo-labels from the teacher's global and tile views, refined by gradient alignment",
     reference="Abdelfattah et al., CDUL (ICCV 2023); docs/methods.md §4.4, 5",
     cfg_cls=CdulCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    dataset_defaults=NO_FAMILY_VALUES,
     uses_sims=True,
 )
 def _create(ctx: LabelStateContext, cfg: CdulCfg) -> CdulState:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from mlpl.schemas.labels import Observed
-from mlpl.stages.families import HYPERPARAMETER_FAMILIES
+from mlpl.stages.families import NO_FAMILY_VALUES
 from mlpl.stages.train.labelstate import (
     LabelState,
     LabelStateContext,
@@ -60,7 +60,7 @@ class PermanentPositivesState(LabelState):
     description="LL-Cp: corrected labels become permanent observed positives",
     reference="Kim et al., CVPR 2022 (LL-Cp); docs/methods.md §3.4",
     cfg_cls=LlCpStateCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    dataset_defaults=NO_FAMILY_VALUES,
 )
 class LlCpState(PermanentPositivesState):
     """Permanent positives of LL-Cp: each step's corrections (`out.aux["corrected"]`) are kept."""

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
-from mlpl.stages.families import HYPERPARAMETER_FAMILIES, M_FROM_FAMILY
+from mlpl.stages.families import M_FROM_FAMILY, NO_FAMILY_VALUES
 from mlpl.stages.train.losses import (
     EpochState,
     LossOutput,
@@ -103,7 +103,6 @@ class EprCfg:
             raise InputError(f"observed_negative must be 'ignore' or 'negative', got {self.observed_negative!r}")
 
 
-_NO_DATASET_DEFAULTS: dict[str, dict] = {name: {} for name in HYPERPARAMETER_FAMILIES}
 # m: the family's expected positives, docs/methods.md §1.1 (Cole et al.'s code has COCO 2.5; the later
 # papers use 2.9, as stages/families.py does)
 _EPR_DEFAULTS = M_FROM_FAMILY
@@ -115,7 +114,7 @@ _EPR_DEFAULTS = M_FROM_FAMILY
                 "pseudo-label when one is given",
     reference="docs/methods.md §3.1; AEVLP Table 2 (BCE+DAMP)",
     cfg_cls=BceCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
+    dataset_defaults=NO_FAMILY_VALUES,
     needs_pseudo=False,
 )
 def bce(
@@ -160,7 +159,7 @@ def bce(
     description="assume negative: every unobserved label is a negative",
     reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
     cfg_cls=AnCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
+    dataset_defaults=NO_FAMILY_VALUES,
     needs_pseudo=False,
 )
 def an(
@@ -194,7 +193,7 @@ def an(
     description="assume negative with symmetric label smoothing (0.1)",
     reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
     cfg_cls=AnLsCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
+    dataset_defaults=NO_FAMILY_VALUES,
     needs_pseudo=False,
 )
 def an_ls(
@@ -233,7 +232,7 @@ def an_ls(
     description="weak assume negative: assumed negatives weighted 1/(C-1)",
     reference="Cole et al., CVPR 2021; docs/methods.md §3.1",
     cfg_cls=WanCfg,
-    dataset_defaults=_NO_DATASET_DEFAULTS,
+    dataset_defaults=NO_FAMILY_VALUES,
     needs_pseudo=False,
 )
 def wan(

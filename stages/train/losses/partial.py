@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed
-from mlpl.stages.families import HYPERPARAMETER_FAMILIES
+from mlpl.stages.families import NO_FAMILY_VALUES
 from mlpl.stages.train.losses import (
     EpochState,
     LossOutput,
@@ -75,7 +75,7 @@ def label_proportion_weight(observed: torch.Tensor, cfg: PartialBceCfg, dtype: t
                 "observed)",
     reference="Durand et al., CVPR 2019; docs/methods.md §3.1",
     cfg_cls=PartialBceCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    dataset_defaults=NO_FAMILY_VALUES,
     needs_pseudo=False,
 )
 def partial_bce(

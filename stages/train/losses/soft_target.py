@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from mlpl.schemas.labels import Observed
-from mlpl.stages.families import HYPERPARAMETER_FAMILIES
+from mlpl.stages.families import NO_FAMILY_VALUES
 from mlpl.stages.train.losses import (
     EpochState,
     LossOutput,
@@ -47,7 +47,7 @@ class SoftBceCfg:
     description="BCE on observed labels + confidence-weighted soft-target BCE toward learnable per-image labels",
     reference="Abdelfattah et al. (CDUL ICCV 2023, PLMCL 2022, G2NetPL BMVC 2022); docs/methods.md §5",
     cfg_cls=SoftBceCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    dataset_defaults=NO_FAMILY_VALUES,
     needs_pseudo=False,
     label_state=("cdul", "plmcl", "g2netpl"),
 )

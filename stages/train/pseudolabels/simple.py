@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from mlpl.schemas.errors import InputError
 from mlpl.schemas.labels import Observed, Pseudo
-from mlpl.stages.families import HYPERPARAMETER_FAMILIES, M_FROM_FAMILY
+from mlpl.stages.families import HYPERPARAMETER_FAMILIES, M_FROM_FAMILY, NO_FAMILY_VALUES
 from mlpl.stages.train.pseudolabels import (
     check_pseudo_inputs,
     readable_sims,
@@ -133,7 +133,7 @@ def random_positives(
     description="no pseudo-labels (all undefined)",
     reference="docs/methods.md §4.4",
     cfg_cls=NoneCfg,
-    dataset_defaults={name: {} for name in HYPERPARAMETER_FAMILIES},
+    dataset_defaults=NO_FAMILY_VALUES,
     uses_sims=False,
 )
 def no_pseudo_labels(
